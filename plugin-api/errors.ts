@@ -1,0 +1,73 @@
+/**
+ * Every error bext raises, with its code, HTTP status where one applies, and
+ * a message that says what was wrong and how to fix it. `errors.md` documents
+ * each code; a test keeps the two in step.
+ */
+
+export const ERRORS = {
+  BEXT_ERR_CONFIG_INVALID: { status: 500, message: 'the configuration is invalid' },
+  BEXT_ERR_CONFIG_PARSE: { status: 500, message: 'the configuration file is not valid JSON' },
+  BEXT_ERR_MANIFEST_INVALID: { status: 500, message: 'a plugin manifest is invalid' },
+  BEXT_ERR_MANIFEST_MISSING: { status: 500, message: 'no bext-plugin.json in the plugin folder' },
+  BEXT_ERR_LOCK_INVALID: { status: 500, message: 'plugins.lock.json is invalid' },
+  BEXT_ERR_LOCK_INTEGRITY: { status: 500, message: "a plugin's files no longer match the integrity in plugins.lock.json" },
+  BEXT_ERR_PLUGIN_NOT_FOUND: { status: 500, message: 'the plugin could not be found' },
+  BEXT_ERR_PLUGIN_DUPLICATE: { status: 500, message: 'two plugins have the same name' },
+  BEXT_ERR_PLUGIN_LOAD: { status: 500, message: 'a plugin failed to load' },
+  BEXT_ERR_PLUGIN_HOOK_MISSING: { status: 500, message: 'a plugin declares a hook it does not export' },
+  BEXT_ERR_PLUGIN_FAILED: { status: 503, message: 'a plugin failed while handling the request' },
+  BEXT_ERR_PLUGIN_TIMEOUT: { status: 503, message: 'a plugin missed its deadline' },
+  BEXT_ERR_PLUGIN_QUARANTINED: { status: 503, message: 'a plugin is quarantined after repeated failures' },
+  BEXT_ERR_PLUGIN_BAD_DECISION: { status: 500, message: 'a plugin returned a decision its hook does not allow' },
+  BEXT_ERR_ROUTE_CONFLICT: { status: 500, message: 'two plugins claim the same route' },
+  BEXT_ERR_CAP_DENIED: { status: 403, message: 'a host function was called without the capability it needs' },
+  BEXT_ERR_CAP_UNKNOWN: { status: 500, message: 'a capability name is not known' },
+  BEXT_ERR_ADMIN_FORBIDDEN: { status: 403, message: 'an admin route was requested without the admin credential' },
+  BEXT_ERR_NOT_FOUND: { status: 404, message: 'nothing serves this path' },
+  BEXT_ERR_BODY_TOO_LARGE: { status: 413, message: 'the request body is larger than allowed' },
+  BEXT_ERR_SANDBOX_UNAVAILABLE: { status: 500, message: 'the sandbox kind is not available on this machine' },
+  BEXT_ERR_SANDBOX_LIMIT: { status: 503, message: 'a sandboxed plugin hit its memory, fuel or stack limit' },
+  BEXT_ERR_FETCH_DENIED: { status: 403, message: 'an outbound fetch went to a host that is not allowed' },
+  BEXT_ERR_TOPIC_INVALID: { status: 400, message: 'a topic name is invalid' },
+  BEXT_ERR_SHUTDOWN: { status: 503, message: 'the server is shutting down' },
+  BEXT_ERR_CLI_USAGE: { status: 0, message: 'the command line is wrong' },
+} as const;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+/**
+ * An error with a code, an HTTP status and a hint that says how to fix it.
+ *
+ * @example
+ * ```ts
+ * throw new BextError('BEXT_ERR_CAP_DENIED', 'plugin "x" called bext_publish("a/b") without publish:a/b', {
+ *   hint: 'grant it with `bext plugin add x` or add "publish:a/b" to the lock entry',
+ * });
+ * ```
+ */
+export class BextError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly hint?: string;
+  readonly details?: Record<string, unknown>;
+  constructor(code: ErrorCode, detail?: string, opts: { hint?: string; cause?: unknown; details?: Record<string, unknown> } = {}) {
+    const base = ERRORS[code];
+    super(detail ? `${detail}` : base.message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = 'BextError';
+    this.code = code;
+    this.status = base.status;
+    this.hint = opts.hint;
+    this.details = opts.details;
+  }
+  /** One line for a terminal: code, message, hint. */
+  toLine(): string {
+    return `${this.code}: ${this.message}${this.hint ? ` — ${this.hint}` : ''}`;
+  }
+  toJSON(): Record<string, unknown> {
+    return { error: this.code, message: this.message, ...(this.hint ? { hint: this.hint } : {}), ...(this.details ?? {}) };
+  }
+}
+
+export function isBextError(e: unknown): e is BextError {
+  return e instanceof BextError;
+}

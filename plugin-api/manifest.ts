@@ -1,0 +1,168 @@
+/**
+ * The plugin manifest (`bext-plugin.json`): its JSON Schema and its type.
+ * Validated with ajv at `bext plugin add` and at every load.
+ */
+import type { HookName } from './hooks.js';
+
+export const SANDBOX_KINDS = ['trusted', 'wasm', 'quickjs', 'isolate', 'process'] as const;
+export type SandboxKind = (typeof SANDBOX_KINDS)[number];
+
+/** Request and response fields a sandboxed hook can ask to receive. */
+export const NEEDS = [
+  'method', 'path', 'query', 'host', 'headers', 'remoteAddress', 'scheme', 'httpVersion', 'body', 'ctx',
+  'response.headers', 'response.body',
+] as const;
+export type Need = (typeof NEEDS)[number] | `headers:${string}`;
+
+/** Narrows a hook to matching requests; checked by the kernel before any call. */
+export interface MatchSpec {
+  /** HTTP methods, upper case. */
+  methods?: string[];
+  /** Path globs: `*` one segment, `**` any depth, e.g. `/api/**`. */
+  paths?: string[];
+  /** Host patterns: exact or `*.example.com`. */
+  hosts?: string[];
+}
+
+export interface HookSpec {
+  /** Lower runs first (outermost). Default 100. */
+  priority?: number;
+  match?: MatchSpec;
+}
+
+export interface RouteSpec {
+  /** Path pattern in find-my-way syntax: `/health`, `/api/items/:id`, `/static/*`. */
+  path: string;
+  /** Methods; default GET and HEAD. `*` for all. */
+  methods?: string[];
+  /** Privileged: served on the admin listener, or with the admin token. */
+  admin?: boolean;
+}
+
+export interface Limits {
+  /** Per-call deadline in milliseconds. */
+  timeoutMs?: number;
+  /** Memory for the sandbox instance, in MiB. */
+  memoryMb?: number;
+  /** WASM fuel per call (instrumented basic-block cost units). */
+  fuel?: number;
+  /** Largest request body handed to the plugin, in bytes. */
+  bodyBytes?: number;
+  /** Consecutive failures before the plugin is quarantined. */
+  quarantineAfter?: number;
+}
+
+/**
+ * The parsed `bext-plugin.json`.
+ *
+ * @example
+ * ```json
+ * {
+ *   "name": "hello", "version": "1.0.0", "sandbox": "trusted", "entry": "index.ts",
+ *   "hooks": { "onRequest": { "priority": 50, "match": { "paths": ["/api/**"] } } },
+ *   "routes": [{ "path": "/hello" }],
+ *   "capabilities": ["publish:custom/*"],
+ *   "failMode": "open"
+ * }
+ * ```
+ */
+export interface Manifest {
+  $schema?: string;
+  name: string;
+  version: string;
+  description?: string;
+  sandbox: SandboxKind;
+  /** Entry file, relative to the plugin folder (`index.ts`, `plugin.wasm`, `plugin.js`). */
+  entry: string;
+  hooks?: Partial<Record<HookName, HookSpec>>;
+  routes?: RouteSpec[];
+  needs?: Need[];
+  capabilities?: string[];
+  limits?: Limits;
+  failMode?: 'open' | 'closed';
+  /** JSON Schema for this plugin's section of `bext.config.json`. */
+  configSchema?: Record<string, unknown>;
+  /** Files covered by the integrity hash besides the entry (globs relative to the folder). Default: every file but tests and READMEs. */
+  files?: string[];
+}
+
+const matchSchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    methods: { type: 'array', items: { type: 'string', pattern: '^[A-Z]+$' } },
+    paths: { type: 'array', items: { type: 'string', pattern: '^/' } },
+    hosts: { type: 'array', items: { type: 'string', minLength: 1 } },
+  },
+} as const;
+
+const hookSchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: { priority: { type: 'integer' }, match: matchSchema },
+} as const;
+
+/** JSON Schema of `bext-plugin.json`. */
+export const manifestSchema = {
+  $id: 'https://bext.dev/schema/bext-plugin.json',
+  type: 'object',
+  additionalProperties: false,
+  required: ['name', 'version', 'sandbox', 'entry'],
+  properties: {
+    $schema: { type: 'string' },
+    name: { type: 'string', pattern: '^[a-z][a-z0-9-]{0,63}$' },
+    version: { type: 'string', pattern: '^\\d+\\.\\d+\\.\\d+([-+][0-9A-Za-z.-]+)?$' },
+    description: { type: 'string' },
+    sandbox: { enum: [...SANDBOX_KINDS] },
+    entry: { type: 'string', minLength: 1 },
+    hooks: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        onConnect: hookSchema, onRequest: hookSchema, onRoute: hookSchema,
+        onRender: hookSchema, onResponse: hookSchema, onPublish: hookSchema,
+      },
+    },
+    routes: {
+      type: 'array',
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['path'],
+        properties: {
+          path: { type: 'string', pattern: '^/' },
+          methods: { type: 'array', items: { type: 'string', pattern: '^([A-Z]+|\\*)$' } },
+          admin: { type: 'boolean' },
+        },
+      },
+    },
+    needs: {
+      type: 'array',
+      items: { anyOf: [{ enum: [...NEEDS] }, { type: 'string', pattern: '^headers:[a-z0-9-]+$' }] },
+    },
+    capabilities: { type: 'array', items: { type: 'string', pattern: '^(publish:[a-z0-9*/_{}.-]+|kv|fetch:[a-z0-9*.:-]+|metrics|schedule)$' } },
+    limits: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        timeoutMs: { type: 'number', exclusiveMinimum: 0 },
+        memoryMb: { type: 'number', exclusiveMinimum: 0 },
+        fuel: { type: 'integer', minimum: 1 },
+        bodyBytes: { type: 'integer', minimum: 0 },
+        quarantineAfter: { type: 'integer', minimum: 1 },
+      },
+    },
+    failMode: { enum: ['open', 'closed'] },
+    configSchema: { type: 'object' },
+    files: { type: 'array', items: { type: 'string' } },
+  },
+} as const;
+
+/** Defaults the kernel applies when a manifest leaves a limit out. */
+export const DEFAULT_LIMITS: Required<Omit<Limits, 'fuel'>> & { fuel: number } = {
+  timeoutMs: 1000,
+  memoryMb: 64,
+  fuel: 50_000_000,
+  bodyBytes: 1 << 20,
+  quarantineAfter: 5,
+};
