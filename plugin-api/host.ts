@@ -64,12 +64,15 @@ export interface PluginStatus {
   version: string;
   sandbox: string;
   state: 'loaded' | 'quarantined' | 'degraded' | 'failed';
+  failMode: 'open' | 'closed';
   hooks: string[];
   routes: string[];
   calls: number;
   errors: number;
   quarantinedUntil?: number;
   detail?: string;
+  fuelTotal?: number;
+  memoryBytes?: number;
 }
 
 /** Read-only kernel views for trusted observability plugins. */

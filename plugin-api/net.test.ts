@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { cidrSet, clientAddress, normalizeAddress } from './net.js';
+import { cidrSet, clientAddress, normalizeAddress, type AddressedRequest } from './net.js';
 
 describe('cidrSet', () => {
   it('matches v4, v6, v4-mapped and bare addresses', () => {
@@ -21,7 +21,7 @@ describe('cidrSet', () => {
 });
 
 describe('clientAddress', () => {
-  const r = (remoteAddress: string, xff?: string | string[]) => ({ remoteAddress, headers: xff === undefined ? {} : { 'x-forwarded-for': xff } });
+  const r = (remoteAddress: string, xff?: string | string[]): AddressedRequest => ({ remoteAddress, headers: xff === undefined ? {} : { 'x-forwarded-for': xff } });
 
   it('is the peer when no proxy is trusted, whatever the header says', () => {
     expect(clientAddress(cidrSet([]))(r('192.0.2.1', '6.6.6.6'))).toBe('192.0.2.1');

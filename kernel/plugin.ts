@@ -1,0 +1,205 @@
+/**
+ * A loaded plugin as the kernel tracks it: its instance, limits, counters
+ * and failure state. `call` is the one guarded way into a plugin.
+ */
+import {
+  BextError, DEFAULT_LIMITS,
+  type HookName, type Manifest, type PluginStatus, type SandboxInstance, type SandboxKind,
+} from '../plugin-api/index.js';
+import type { Logger } from './log.js';
+import { newHookCounters, type HookCounters } from './metrics.js';
+
+/** Returned in place of a decision when a hook failed or was skipped. */
+export class HookFailure {
+  constructor(
+    readonly plugin: LoadedPlugin,
+    readonly hook: HookName,
+    readonly error: BextError,
+  ) {}
+}
+
+export function isFailure(x: unknown): x is HookFailure {
+  return x instanceof HookFailure;
+}
+
+const MAX_BACKOFF_MS = 60_000;
+const BASE_BACKOFF_MS = 1_000;
+
+export class LoadedPlugin {
+  readonly name: string;
+  readonly version: string;
+  readonly sandbox: SandboxKind;
+  readonly failMode: 'open' | 'closed';
+  readonly timeoutMs: number;
+  readonly quarantineAfter: number;
+  readonly counters = new Map<HookName, HookCounters>();
+  state: PluginStatus['state'] = 'loaded';
+  detail: string | undefined;
+  consecutiveFailures = 0;
+  /** 0 when not quarantined; otherwise the time the next trial call is allowed. */
+  quarantinedUntil = 0;
+  backoffMs = BASE_BACKOFF_MS;
+  calls = 0;
+  errors = 0;
+  #restarting: Promise<void> | null = null;
+
+  constructor(
+    readonly manifest: Manifest,
+    readonly instance: SandboxInstance,
+    readonly grants: readonly string[],
+    readonly order: number,
+    readonly scope: 'global' | 'group',
+    readonly source: string,
+    private readonly log: Logger,
+    private readonly onQuarantine: (p: LoadedPlugin) => void,
+    baseBackoffMs = BASE_BACKOFF_MS,
+  ) {
+    this.name = manifest.name;
+    this.version = manifest.version;
+    this.sandbox = manifest.sandbox;
+    this.failMode = manifest.failMode ?? 'open';
+    this.timeoutMs = manifest.limits?.timeoutMs ?? DEFAULT_LIMITS.timeoutMs;
+    this.quarantineAfter = manifest.limits?.quarantineAfter ?? DEFAULT_LIMITS.quarantineAfter;
+    this.backoffMs = baseBackoffMs;
+    this.#baseBackoff = baseBackoffMs;
+    for (const h of Object.keys(manifest.hooks ?? {}) as HookName[]) this.counters.set(h, newHookCounters());
+    if (manifest.routes?.length) this.counters.set('onRoute', this.counters.get('onRoute') ?? newHookCounters());
+  }
+  #baseBackoff: number;
+
+  counter(hook: HookName): HookCounters {
+    let c = this.counters.get(hook);
+    if (!c) this.counters.set(hook, (c = newHookCounters()));
+    return c;
+  }
+
+  /**
+   * Calls a hook with failure accounting. Returns the decision, a promise of
+   * it, or a HookFailure. Stays synchronous unless the hook returns a promise.
+   */
+  call(hook: HookName, fn: (...a: unknown[]) => unknown, a: unknown, b?: unknown): unknown {
+    if (this.quarantinedUntil !== 0) {
+      if (Date.now() < this.quarantinedUntil) {
+        return new HookFailure(this, hook, new BextError('BEXT_ERR_PLUGIN_QUARANTINED', `plugin "${this.name}" is quarantined until ${new Date(this.quarantinedUntil).toISOString()}`));
+      }
+      // Half-open: this call is the trial; a failure re-quarantines at once.
+    }
+    const c = this.counter(hook);
+    const t0 = performance.now();
+    let r: unknown;
+    try {
+      r = fn(a, b);
+    } catch (e) {
+      return this.#failed(hook, c, t0, e);
+    }
+    if (r !== null && typeof r === 'object' && typeof (r as { then?: unknown }).then === 'function') {
+      return this.#settle(hook, c, t0, r as PromiseLike<unknown>);
+    }
+    this.#ok(c, t0);
+    return r;
+  }
+
+  #settle(hook: HookName, c: HookCounters, t0: number, p: PromiseLike<unknown>): Promise<unknown> {
+    return new Promise((resolve) => {
+      let done = false;
+      const timer = setTimeout(() => {
+        if (done) return;
+        done = true;
+        c.timeouts++;
+        resolve(this.#failed(hook, c, t0, new BextError('BEXT_ERR_PLUGIN_TIMEOUT', `plugin "${this.name}" ${hook} missed its ${this.timeoutMs} ms deadline`)));
+      }, this.timeoutMs);
+      p.then(
+        (v) => {
+          if (done) return;
+          done = true;
+          clearTimeout(timer);
+          this.#ok(c, t0);
+          resolve(v);
+        },
+        (e: unknown) => {
+          if (done) return;
+          done = true;
+          clearTimeout(timer);
+          resolve(this.#failed(hook, c, t0, e));
+        },
+      );
+    });
+  }
+
+  #ok(c: HookCounters, t0: number): void {
+    c.calls++;
+    this.calls++;
+    c.latency.observe((performance.now() - t0) / 1000);
+    if (this.consecutiveFailures !== 0 || this.quarantinedUntil !== 0) {
+      if (this.quarantinedUntil !== 0) this.log.info('plugin recovered from quarantine', { plugin: this.name });
+      this.consecutiveFailures = 0;
+      this.quarantinedUntil = 0;
+      this.backoffMs = this.#baseBackoff;
+      if (this.state === 'quarantined') this.state = 'loaded';
+    }
+  }
+
+  #failed(hook: HookName, c: HookCounters, t0: number, e: unknown): HookFailure {
+    c.calls++;
+    c.errors++;
+    this.calls++;
+    this.errors++;
+    c.latency.observe((performance.now() - t0) / 1000);
+    const err = toBextError(e, this.name, hook);
+    this.consecutiveFailures++;
+    this.log.warn('plugin hook failed', { plugin: this.name, hook, code: err.code, error: err.message, failMode: this.failMode });
+    const trialFailed = this.quarantinedUntil !== 0;
+    if (trialFailed || this.consecutiveFailures >= this.quarantineAfter) this.#quarantine();
+    return new HookFailure(this, hook, err);
+  }
+
+  #quarantine(): void {
+    const wasTrial = this.quarantinedUntil !== 0;
+    if (wasTrial) this.backoffMs = Math.min(this.backoffMs * 2, MAX_BACKOFF_MS);
+    this.quarantinedUntil = Date.now() + this.backoffMs;
+    this.state = 'quarantined';
+    this.detail = `${this.consecutiveFailures} consecutive failures`;
+    this.log.error('plugin quarantined', { plugin: this.name, backoffMs: this.backoffMs, failures: this.consecutiveFailures });
+    this.onQuarantine(this);
+    if (this.instance.restart && !this.#restarting) {
+      this.#restarting = this.instance
+        .restart()
+        .catch((e: unknown) => this.log.error('plugin restart failed', { plugin: this.name, error: String((e as Error)?.message ?? e) }))
+        .finally(() => (this.#restarting = null));
+    }
+  }
+
+  status(): PluginStatus {
+    const stats = this.instance.stats();
+    return {
+      name: this.name,
+      version: this.version,
+      sandbox: this.sandbox,
+      state: this.state,
+      failMode: this.failMode,
+      hooks: Object.keys(this.manifest.hooks ?? {}),
+      routes: (this.manifest.routes ?? []).map((r) => r.path),
+      calls: this.calls,
+      errors: this.errors,
+      ...(this.quarantinedUntil ? { quarantinedUntil: this.quarantinedUntil } : {}),
+      ...(this.detail && this.state !== 'loaded' ? { detail: this.detail } : {}),
+      ...(stats.fuelTotal !== undefined ? { fuelTotal: stats.fuelTotal } : {}),
+      ...(stats.memoryBytes !== undefined ? { memoryBytes: stats.memoryBytes } : {}),
+    };
+  }
+}
+
+/** Wraps anything a plugin threw (including non-Error values) with plugin and hook names. */
+export function toBextError(e: unknown, plugin: string, hook: string): BextError {
+  if (e instanceof BextError) {
+    if (e.message.includes(`"${plugin}"`)) return e;
+    return new BextError(e.code, `plugin "${plugin}" ${hook}: ${e.message}`, { cause: e, hint: e.hint });
+  }
+  let what: string;
+  try {
+    what = e instanceof Error ? e.message : typeof e === 'string' ? e : `a non-Error value (${typeof e}: ${String(JSON.stringify(e) ?? e).slice(0, 80)})`;
+  } catch {
+    what = 'an unprintable value';
+  }
+  return new BextError('BEXT_ERR_PLUGIN_FAILED', `plugin "${plugin}" ${hook} threw ${what}`, { cause: e });
+}

@@ -1,0 +1,822 @@
+/**
+ * The kernel: loads plugins, compiles their chains, and serves HTTP through
+ * them. It knows hooks, routes and host functions — never a plugin by name.
+ *
+ * Listener seam: any `net.Server` (a `tls.Server` from a TLS plugin, say)
+ * can be handed to `serve()`; its sockets run the onConnect chain and are
+ * then fed to the same HTTP server.
+ */
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import net from 'node:net';
+import { dirname, resolve } from 'node:path';
+import { Readable, pipeline, type Duplex } from 'node:stream';
+import { timingSafeEqual } from 'node:crypto';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import {
+  BextError, DEFAULT_LIMITS,
+  type ConnectInfo, type Headers, type HookName, type KernelServices, type LogLevel, type PluginStatus,
+  type PublishMessage, type ResponseData, type ResponseHead, type RouteDecision, type SandboxKind,
+} from '../plugin-api/index.js';
+import { sandboxHost } from '../sandboxes/registry.js';
+import { compileChains, type ChainEntry, type CompiledChains, type CompiledGroup, type RouteStore } from './chains.js';
+import { validatePluginConfig, type BextConfig } from './config.js';
+import { checkTopic, createHost, MemoryKv, type HostContext, type KvStore } from './host.js';
+import { computeIntegrity } from './integrity.js';
+import { readLock, type LockEntry } from './lock.js';
+import { Logger } from './log.js';
+import { locatePlugin } from './manifest.js';
+import { KernelMetrics, FastHistogram } from './metrics.js';
+import { HookFailure, LoadedPlugin, isFailure } from './plugin.js';
+import { BextRequest, hostOf } from './request.js';
+
+/** A plugin to load: from the lock file, or given directly (tests, zero-config). */
+export interface PluginSpec {
+  source: string;
+  /** Capabilities granted; default: none (from a lock: its list). */
+  grants?: string[];
+  scope?: 'global' | 'group';
+  /** Expected integrity; checked when present. */
+  integrity?: string;
+  /** Expected name (from the lock). */
+  name?: string;
+}
+
+export interface KernelOptions {
+  config: BextConfig;
+  /** Path of the config file, for error messages. */
+  configFile?: string;
+  /** Lock file to load the composition from. */
+  lockFile?: string;
+  /** Plugins given directly, after those of the lock. */
+  plugins?: PluginSpec[];
+  /** Folder relative plugin paths are resolved from (default: the lock file's folder, or cwd). */
+  baseDir?: string;
+  /** The folder being served (`bext run [dir]`). */
+  siteDir?: string;
+  logger?: Logger;
+  /** First quarantine backoff in ms (default 1000). */
+  quarantineBackoffMs?: number;
+}
+
+const LOAD_TIMEOUT_MS = 15_000;
+const DISPOSE_TIMEOUT_MS = 5_000;
+const kAdmin = Symbol('bext.admin');
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let t: NodeJS.Timeout;
+  return Promise.race([
+    p,
+    new Promise<never>((_, rej) => {
+      t = setTimeout(() => rej(new BextError('BEXT_ERR_PLUGIN_TIMEOUT', `${what} did not finish within ${ms} ms`)), ms);
+    }),
+  ]).finally(() => clearTimeout(t));
+}
+
+function isThenable(x: unknown): x is PromiseLike<unknown> {
+  return x !== null && typeof x === 'object' && typeof (x as { then?: unknown }).then === 'function';
+}
+
+function errorResponse(e: BextError, extraHeaders?: Headers): ResponseData {
+  return {
+    status: e.status || 500,
+    headers: { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', ...(e.status === 503 ? { 'retry-after': '1' } : {}), ...extraHeaders },
+    body: JSON.stringify(e.toJSON()),
+  };
+}
+
+const NOT_FOUND = new BextError('BEXT_ERR_NOT_FOUND', 'nothing serves this path');
+
+class ResponseView implements ResponseHead {
+  constructor(
+    public status: number,
+    public headers: Headers,
+    public raw: ResponseData['body'] | undefined,
+  ) {}
+  get body(): string | undefined {
+    const b = this.raw;
+    if (typeof b === 'string') return b;
+    if (b instanceof Uint8Array) return Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('utf8');
+    return undefined;
+  }
+}
+
+export class Kernel {
+  readonly config: BextConfig;
+  readonly log: Logger;
+  readonly metrics: KernelMetrics;
+  readonly siteDir: string;
+  readonly audits: { time: number; plugin: string; fn: string; detail: string }[] = [];
+  #plugins: LoadedPlugin[] = [];
+  #chains!: CompiledChains;
+  #app!: FastifyInstance;
+  #http!: http.Server;
+  #listeners: net.Server[] = [];
+  #ready = false;
+  #draining = false;
+  #inflight = 0;
+  #drained: (() => void) | null = null;
+  #kv: KvStore = new MemoryKv();
+  #hostCtx: HostContext;
+  #httpCounts = new Map<string, { group: string; method: string; cls: string; n: number }>();
+  #httpLatency = new Map<string, FastHistogram>();
+  #adminToken: Buffer | null;
+  #opts: KernelOptions;
+  #singleGroup: CompiledGroup | null = null;
+
+  private constructor(opts: KernelOptions) {
+    this.#opts = opts;
+    this.config = opts.config;
+    this.log = opts.logger ?? new Logger();
+    this.siteDir = resolve(opts.siteDir ?? process.cwd());
+    this.#adminToken = opts.config.admin.token ? Buffer.from(opts.config.admin.token) : null;
+    this.metrics = new KernelMetrics(() =>
+      this.#plugins.map((p) => ({
+        plugin: p.name,
+        sandbox: p.sandbox,
+        hooks: p.counters,
+        fuelTotal: () => p.instance.stats().fuelTotal,
+        memoryBytes: () => p.instance.stats().memoryBytes,
+      })),
+    );
+    this.metrics.extraText = () => this.#httpText();
+    this.#hostCtx = {
+      publish: (topic, data, publisher) => this.publish(topic, data, publisher),
+      log: (level, msg, fields) => this.log.log(level, msg, fields),
+      metric: (plugin, name, value, labels, kind) => this.metrics.pluginMetric(plugin, name, value, labels, kind),
+      audit: (plugin, fn, detail) => this.#audit(plugin, fn, detail),
+      kv: { get: (ns, k) => this.#kv.get(ns, k), set: (ns, k, v, t) => this.#kv.set(ns, k, v, t), del: (ns, k) => this.#kv.del(ns, k) },
+      services: (plugin) => this.#services(plugin),
+    };
+  }
+
+  /** Loads every plugin and compiles the chains. Disposes what loaded if any step fails. */
+  static async create(opts: KernelOptions): Promise<Kernel> {
+    const k = new Kernel(opts);
+    try {
+      await k.#init();
+    } catch (e) {
+      await k.#disposePlugins();
+      throw e;
+    }
+    return k;
+  }
+
+  async #init(): Promise<void> {
+    if (this.config.redis?.url) {
+      const { RedisKv } = await import('./redis-kv.js');
+      this.#kv = new RedisKv(this.config.redis.url, this.log);
+    }
+    const specs: PluginSpec[] = [];
+    let base = this.#opts.baseDir ?? process.cwd();
+    if (this.#opts.lockFile) {
+      const lock = readLock(this.#opts.lockFile);
+      base = this.#opts.baseDir ?? dirname(resolve(this.#opts.lockFile));
+      for (const e of [...lock.plugins].sort((a, b) => a.order - b.order)) {
+        specs.push({ source: e.source, grants: e.capabilities, scope: e.scope, integrity: e.integrity, name: e.name });
+      }
+    }
+    specs.push(...(this.#opts.plugins ?? []));
+    const names = new Map<string, string>();
+    const configFile = this.#opts.configFile ?? 'bext.config.json';
+    const sections = new Set(Object.keys(this.config.plugins));
+    for (const [i, spec] of specs.entries()) {
+      const loc = locatePlugin(spec.source, base);
+      const m = loc.manifest;
+      if (spec.name && spec.name !== m.name) {
+        throw new BextError('BEXT_ERR_LOCK_INVALID', `lock entry "${spec.name}" points at ${spec.source}, whose manifest is named "${m.name}"`, { hint: `re-lock it with \`bext plugin add ${spec.source}\`` });
+      }
+      const prev = names.get(m.name);
+      if (prev) throw new BextError('BEXT_ERR_PLUGIN_DUPLICATE', `plugin name "${m.name}" is claimed by both ${prev} and ${loc.source}`, { hint: 'remove one of them, or rename one plugin' });
+      names.set(m.name, loc.source);
+      if (spec.integrity) {
+        const actual = computeIntegrity(loc.root);
+        if (actual !== spec.integrity) {
+          throw new BextError('BEXT_ERR_LOCK_INTEGRITY', `plugin "${m.name}" (${loc.source}) does not match its locked integrity: locked ${spec.integrity}, found ${actual}`, {
+            hint: `if you changed it on purpose, re-lock with \`bext plugin add ${loc.source}\`; otherwise restore its files`,
+          });
+        }
+      }
+      sections.delete(m.name);
+      const pluginConfig = validatePluginConfig(m.name, m.configSchema as Record<string, unknown> | undefined, this.config.plugins[m.name], configFile);
+      const grants = spec.grants ?? [];
+      const kind: SandboxKind = m.sandbox;
+      const sandbox = await sandboxHost(kind);
+      const host = createHost(this.#hostCtx, m.name, grants, pluginConfig, kind === 'trusted');
+      const limits = {
+        timeoutMs: m.limits?.timeoutMs ?? DEFAULT_LIMITS.timeoutMs,
+        memoryMb: m.limits?.memoryMb ?? DEFAULT_LIMITS.memoryMb,
+        fuel: m.limits?.fuel ?? DEFAULT_LIMITS.fuel,
+        bodyBytes: m.limits?.bodyBytes ?? DEFAULT_LIMITS.bodyBytes,
+      };
+      let instance;
+      try {
+        instance = await withTimeout(sandbox.load({ manifest: m, dir: loc.root, entryPath: loc.entryPath, host, grants, limits }), LOAD_TIMEOUT_MS, `loading plugin "${m.name}"`);
+      } catch (e) {
+        if (e instanceof BextError) throw e;
+        throw new BextError('BEXT_ERR_PLUGIN_LOAD', `plugin "${m.name}" failed to load: ${(e as Error)?.message ?? String(e)}`, { cause: e });
+      }
+      this.#plugins.push(new LoadedPlugin(m, instance, grants, i, spec.scope ?? 'global', loc.source, this.log, (p) => this.metrics.quarantines.inc({ plugin: p.name }), this.#opts.quarantineBackoffMs));
+    }
+    for (const s of sections) {
+      throw new BextError('BEXT_ERR_CONFIG_INVALID', `${configFile}: $.plugins.${s}: no plugin named "${s}" is loaded`, { hint: `add it with \`bext plugin add ${s}\`, or remove the section` });
+    }
+    this.#setChains(compileChains(this.#plugins, this.config.groups));
+    this.#buildServer();
+  }
+
+  #setChains(c: CompiledChains): void {
+    this.#chains = c;
+    this.#singleGroup = c.groups.length === 1 ? c.groups[0]! : null;
+  }
+
+  // ---------------------------------------------------------------- HTTP
+
+  #buildServer(): void {
+    const cfg = this.config.server;
+    this.#app = Fastify({
+      logger: false,
+      bodyLimit: cfg.bodyLimit,
+      requestIdHeader: false,
+      return503OnClosing: false,
+      forceCloseConnections: false,
+      serverFactory: (handler) => {
+        const s = http.createServer(
+          {
+            keepAliveTimeout: cfg.keepAliveTimeoutMs,
+            headersTimeout: cfg.headersTimeoutMs,
+            requestTimeout: cfg.requestTimeoutMs,
+            maxHeaderSize: cfg.maxHeaderBytes,
+            connectionsCheckingInterval: Math.min(1000, cfg.headersTimeoutMs),
+          },
+          handler,
+        );
+        return s;
+      },
+    });
+    this.#http = this.#app.server as http.Server;
+    this.#http.on('upgrade', (raw: IncomingMessage, socket: Duplex, head: Buffer) => this.#handleUpgrade(raw, socket, head));
+    this.#http.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+      if (!socket.writable) return socket.destroy();
+      const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+      socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
+    });
+    this.#app.removeAllContentTypeParsers();
+    // Bodies stay unread: plugins read them (bounded) only when they ask.
+    this.#app.addContentTypeParser('*', (_req, _payload, done) => done(null, undefined));
+    const handler = (req: FastifyRequest, reply: FastifyReply) => this.#handle(req.raw, reply);
+    this.#app.all('/', handler);
+    this.#app.all('/*', handler);
+  }
+
+  /** Starts the public and admin listeners. */
+  async listen(): Promise<{ port: number; adminPort: number | null }> {
+    await this.#app.ready();
+    const cfg = this.config;
+    const pub = net.createServer({ pauseOnConnect: true });
+    await this.serve(pub, { port: cfg.server.port, host: cfg.server.host });
+    let adminPort: number | null = null;
+    if (cfg.admin.port !== null) {
+      const adm = net.createServer({ pauseOnConnect: true });
+      await this.serve(adm, { port: cfg.admin.port, host: cfg.admin.host, admin: true });
+      adminPort = (adm.address() as net.AddressInfo).port;
+      if (!['127.0.0.1', '::1', 'localhost'].includes(cfg.admin.host) && !this.#adminToken) {
+        this.log.warn('admin listener is bound beyond loopback: admin routes require admin.token, and none is set, so they refuse every request', { host: cfg.admin.host });
+      }
+    }
+    this.#ready = true;
+    const port = (pub.address() as net.AddressInfo).port;
+    this.log.info('bext listening', { port, adminPort, plugins: this.#plugins.map((p) => p.name) });
+    return { port, adminPort };
+  }
+
+  /**
+   * Serves HTTP on a listener: the seam for TLS and other transports. Sockets
+   * run the onConnect chain before the HTTP parser sees a byte.
+   */
+  async serve(server: net.Server, opts: { port?: number; host?: string; admin?: boolean }): Promise<void> {
+    const event = 'secureConnection' in server && typeof (server as { setSecureContext?: unknown }).setSecureContext === 'function' ? 'secureConnection' : 'connection';
+    const admin = opts.admin === true;
+    server.on(event, (socket: net.Socket) => this.#accept(socket, admin));
+    server.on('error', (e) => this.log.error('listener error', { error: e.message }));
+    this.#listeners.push(server);
+    if (opts.port !== undefined) {
+      await new Promise<void>((res, rej) => {
+        server.once('error', rej);
+        server.listen(opts.port, opts.host, () => {
+          server.off('error', rej);
+          res();
+        });
+      });
+    }
+  }
+
+  #accept(socket: net.Socket, admin: boolean): void {
+    socket.on('error', () => socket.destroy());
+    if (admin) (socket as unknown as Record<symbol, boolean>)[kAdmin] = true;
+    const chain = this.#chains.onConnect;
+    if (this.#draining) return void socket.destroy();
+    if (!chain || admin) return this.#hand(socket);
+    const tls = socket as net.Socket & { servername?: string; alpnProtocol?: string | false };
+    const info: ConnectInfo = {
+      remoteAddress: socket.remoteAddress ?? '',
+      remotePort: socket.remotePort ?? 0,
+      localPort: socket.localPort ?? 0,
+      ...(tls.servername ? { servername: tls.servername } : {}),
+      ...(tls.alpnProtocol ? { alpn: tls.alpnProtocol } : {}),
+    };
+    const step = (i: number): void => {
+      for (; i < chain.length; i++) {
+        const e = chain[i]!;
+        const r = e.plugin.call('onConnect', e.fn, info);
+        if (isThenable(r)) {
+          const next = i + 1;
+          void Promise.resolve(r).then((d) => (this.#connectVerdict(e, d, socket) ? step(next) : undefined));
+          return;
+        }
+        if (!this.#connectVerdict(e, r, socket)) return;
+      }
+      this.#hand(socket);
+    };
+    step(0);
+  }
+
+  /** true to continue the chain; false when the socket was closed. */
+  #connectVerdict(e: ChainEntry, d: unknown, socket: net.Socket): boolean {
+    if (isFailure(d)) {
+      if (e.plugin.failMode === 'open') return true;
+      socket.destroy();
+      return false;
+    }
+    if (d && typeof d === 'object' && (d as { action?: string }).action === 'reject') {
+      socket.destroy();
+      return false;
+    }
+    return true;
+  }
+
+  #hand(socket: net.Socket): void {
+    if (socket.destroyed) return;
+    this.#http.emit('connection', socket);
+    socket.resume();
+  }
+
+  #group(host: string, path: string): CompiledGroup {
+    if (this.#singleGroup) return this.#singleGroup;
+    for (const g of this.#chains.groups) if (g.matches === null || g.matches(host, path)) return g;
+    return this.#chains.groups[this.#chains.groups.length - 1]!;
+  }
+
+  #makeRequest(raw: IncomingMessage): { req: BextRequest; group: CompiledGroup } {
+    const url = raw.url ?? '/';
+    const qi = url.indexOf('?');
+    const path = qi === -1 ? url : url.slice(0, qi);
+    const query = qi === -1 ? '' : url.slice(qi + 1);
+    const host = hostOf(raw.headers.host);
+    const group = this.#group(host, path);
+    const req = new BextRequest(raw, path, query, host, this.config.server.bodyLimit);
+    req.group = group.name;
+    return { req, group };
+  }
+
+  #handle(raw: IncomingMessage, reply: FastifyReply): void {
+    const t0 = performance.now();
+    this.#inflight++;
+    const { req, group } = this.#makeRequest(raw);
+    let r: ResponseData | Promise<ResponseData>;
+    try {
+      r = this.#pipeline(req, group);
+    } catch (e) {
+      r = errorResponse(e instanceof BextError ? e : new BextError('BEXT_ERR_PLUGIN_FAILED', String((e as Error)?.message ?? e)));
+    }
+    if (isThenable(r)) {
+      (r as Promise<ResponseData>).then(
+        (res) => this.#respond(req, group, reply, res, t0),
+        (e: unknown) => this.#respond(req, group, reply, errorResponse(e instanceof BextError ? e : new BextError('BEXT_ERR_PLUGIN_FAILED', String((e as Error)?.message ?? e))), t0),
+      );
+    } else this.#respond(req, group, reply, r, t0);
+  }
+
+  /** onRequest → route or onRender. Synchronous until a hook returns a promise. */
+  #pipeline(req: BextRequest, group: CompiledGroup): ResponseData | Promise<ResponseData> {
+    if (group.needsBody && req.hasBody()) {
+      return req.readBody().then(
+        (b) => {
+          req.body = b.toString('utf8');
+          return this.#afterBody(req, group);
+        },
+        (e: unknown) => errorResponse(e instanceof BextError ? e : new BextError('BEXT_ERR_PLUGIN_FAILED', String(e))),
+      );
+    }
+    return this.#afterBody(req, group);
+  }
+
+  #afterBody(req: BextRequest, group: CompiledGroup): ResponseData | Promise<ResponseData> {
+    if (group.onRequest) {
+      const r = this.#requestChain(group.onRequest, req, 0);
+      if (isThenable(r)) return (r as Promise<ResponseData | null>).then((res) => res ?? this.#dispatch(req, group));
+      if (r) return r;
+    }
+    return this.#dispatch(req, group);
+  }
+
+  #requestChain(chain: ChainEntry[], req: BextRequest, i: number): ResponseData | null | Promise<ResponseData | null> {
+    for (; i < chain.length; i++) {
+      const e = chain[i]!;
+      if (e.match !== null && !e.match(req.method, req.path, req.host)) continue;
+      const d = e.plugin.call('onRequest', e.fn, req);
+      if (isThenable(d)) {
+        const next = i + 1;
+        return Promise.resolve(d).then((v) => this.#requestVerdict(e, req, v) ?? this.#requestChain(chain, req, next));
+      }
+      const out = this.#requestVerdict(e, req, d);
+      if (out) return out;
+    }
+    return null;
+  }
+
+  #requestVerdict(e: ChainEntry, req: BextRequest, d: unknown): ResponseData | null {
+    if (d === undefined || d === null) return null;
+    if (isFailure(d)) return e.plugin.failMode === 'open' ? null : errorResponse(d.error);
+    const dec = d as { action?: string; setHeaders?: Record<string, string>; ctx?: Record<string, unknown>; responseHeaders?: Headers; status?: number };
+    if (dec.action === 'continue') {
+      if (dec.setHeaders) for (const k in dec.setHeaders) req.headers[k.toLowerCase()] = String(dec.setHeaders[k]);
+      if (dec.ctx) Object.assign(req.ctx, dec.ctx);
+      if (dec.responseHeaders) req.responseHeaders = { ...req.responseHeaders, ...dec.responseHeaders };
+      return null;
+    }
+    if (dec.action === 'respond' && typeof dec.status === 'number') return dec as ResponseData;
+    return this.#badDecision(e, `onRequest returned ${describeDecision(d)}; expected undefined, {action:'continue'} or {action:'respond', status}`);
+  }
+
+  #badDecision(e: ChainEntry, what: string): ResponseData | null {
+    const err = new BextError('BEXT_ERR_PLUGIN_BAD_DECISION', `plugin "${e.plugin.name}" ${what}`);
+    this.log.warn('bad plugin decision', { plugin: e.plugin.name, hook: e.hook, error: err.message });
+    e.plugin.counter(e.hook).errors++;
+    return e.plugin.failMode === 'open' ? null : errorResponse(err);
+  }
+
+  #dispatch(req: BextRequest, group: CompiledGroup): ResponseData | Promise<ResponseData> {
+    const found = group.router.find(req.method as 'GET', req.path);
+    if (found) {
+      const store = found.store as RouteStore;
+      if (store.admin && !this.#adminAllowed(req)) {
+        return errorResponse(new BextError('BEXT_ERR_ADMIN_FORBIDDEN', `${req.path} is an admin route`, { hint: 'use the admin listener, or send Authorization: Bearer <admin.token>' }));
+      }
+      req.route = store.pattern;
+      req.params = found.params as Record<string, string>;
+      const d = store.plugin.call('onRoute', store.fn, req);
+      if (isThenable(d)) return Promise.resolve(d).then((v) => this.#routeVerdict(store, v));
+      return this.#routeVerdict(store, d);
+    }
+    if (group.onRender) return this.#render(group.onRender, req, 0);
+    return errorResponse(NOT_FOUND);
+  }
+
+  #routeVerdict(store: RouteStore, d: unknown): ResponseData {
+    if (isFailure(d)) return errorResponse(d.error);
+    if (d && typeof d === 'object' && typeof (d as ResponseData).status === 'number') return d as ResponseData;
+    const err = new BextError('BEXT_ERR_PLUGIN_BAD_DECISION', `plugin "${store.plugin.name}" onRoute for ${store.pattern} returned ${describeDecision(d)}; expected a response {status, headers?, body?}`);
+    this.log.warn('bad plugin decision', { plugin: store.plugin.name, hook: 'onRoute', error: err.message });
+    return errorResponse(err);
+  }
+
+  #render(chain: ChainEntry[], req: BextRequest, i: number): ResponseData | Promise<ResponseData> {
+    for (; i < chain.length; i++) {
+      const e = chain[i]!;
+      if (e.match !== null && !e.match(req.method, req.path, req.host)) continue;
+      const idx = i;
+      let nextCalled: Promise<ResponseData> | null = null;
+      const next = () => (nextCalled ??= Promise.resolve().then(() => this.#render(chain, req, idx + 1)));
+      const d = e.plugin.call('onRender', e.fn, req, next);
+      if (isThenable(d)) return Promise.resolve(d).then((v) => this.#renderVerdict(chain, req, idx, e, v));
+      const out = this.#renderVerdict(chain, req, idx, e, d);
+      return out;
+    }
+    return errorResponse(NOT_FOUND);
+  }
+
+  #renderVerdict(chain: ChainEntry[], req: BextRequest, i: number, e: ChainEntry, d: unknown): ResponseData | Promise<ResponseData> {
+    if (isFailure(d)) return e.plugin.failMode === 'open' ? this.#render(chain, req, i + 1) : errorResponse(d.error);
+    if (d === undefined || d === null || (d as { action?: string }).action === 'next') return this.#render(chain, req, i + 1);
+    if (typeof (d as ResponseData).status === 'number') return d as ResponseData;
+    const bad = this.#badDecision(e, `onRender returned ${describeDecision(d)}; expected a response or {action:'next'}`);
+    return bad ?? this.#render(chain, req, i + 1);
+  }
+
+  #adminAllowed(req: BextRequest): boolean {
+    const onAdmin = (req.raw.socket as unknown as Record<symbol, boolean>)[kAdmin] === true;
+    const loopbackAdmin = ['127.0.0.1', '::1', 'localhost'].includes(this.config.admin.host);
+    if (onAdmin && loopbackAdmin) return true;
+    if (!this.#adminToken) return false;
+    const auth = req.headers.authorization;
+    if (typeof auth !== 'string' || !auth.startsWith('Bearer ')) return false;
+    const given = Buffer.from(auth.slice(7));
+    return given.length === this.#adminToken.length && timingSafeEqual(given, this.#adminToken);
+  }
+
+  /** onResponse waterfall, then write. */
+  #respond(req: BextRequest, group: CompiledGroup, reply: FastifyReply, res: ResponseData, t0: number): void {
+    let headers: Headers = res.headers ?? {};
+    if (req.responseHeaders) headers = { ...req.responseHeaders, ...headers };
+    const chain = group.onResponse;
+    if (!chain) return this.#write(req, group, reply, res.status, headers, bodyOf(res), null, t0);
+    const view = new ResponseView(res.status, { ...headers }, bodyOf(res));
+    const transforms: (() => Duplex)[] = [];
+    const step = (i: number): void => {
+      for (; i < chain.length; i++) {
+        const e = chain[i]!;
+        if (e.match !== null && !e.match(req.method, req.path, req.host)) continue;
+        const d = e.plugin.call('onResponse', e.fn, req, view);
+        if (isThenable(d)) {
+          const next = i + 1;
+          void Promise.resolve(d).then((v) => {
+            if (this.#responseVerdict(e, view, transforms, v)) step(next);
+            else this.#write(req, group, reply, view.status, view.headers, view.raw, transforms, t0);
+          });
+          return;
+        }
+        if (!this.#responseVerdict(e, view, transforms, d)) break;
+      }
+      this.#write(req, group, reply, view.status, view.headers, view.raw, transforms, t0);
+    };
+    step(0);
+  }
+
+  /** Applies an onResponse decision; false ends the chain (fail-closed error). */
+  #responseVerdict(e: ChainEntry, view: ResponseView, transforms: (() => Duplex)[], d: unknown): boolean {
+    if (d === undefined || d === null) return true;
+    if (isFailure(d)) {
+      if (e.plugin.failMode === 'open') return true;
+      const er = errorResponse(d.error);
+      view.status = er.status;
+      view.headers = er.headers!;
+      view.raw = er.body;
+      transforms.length = 0;
+      return false;
+    }
+    if (typeof d !== 'object') {
+      this.#badDecision(e, `onResponse returned ${describeDecision(d)}`);
+      return true;
+    }
+    const dec = d as { status?: number; setHeaders?: Headers; removeHeaders?: string[]; body?: ResponseData['body']; bodyBase64?: string; transform?: () => Duplex };
+    if (typeof dec.status === 'number') view.status = dec.status;
+    if (dec.removeHeaders) for (const h of dec.removeHeaders) delete view.headers[h.toLowerCase()];
+    if (dec.setHeaders) for (const k in dec.setHeaders) view.headers[k.toLowerCase()] = dec.setHeaders[k]!;
+    if (dec.body !== undefined) {
+      view.raw = dec.body;
+      delete view.headers['content-length'];
+    } else if (typeof dec.bodyBase64 === 'string') {
+      view.raw = Buffer.from(dec.bodyBase64, 'base64');
+      delete view.headers['content-length'];
+    }
+    if (typeof dec.transform === 'function' && e.plugin.sandbox === 'trusted') transforms.push(dec.transform);
+    return true;
+  }
+
+  #write(req: BextRequest, group: CompiledGroup, reply: FastifyReply, status: number, headers: Headers, body: ResponseData['body'] | undefined, transforms: (() => Duplex)[] | null, t0: number): void {
+    const out = reply.raw as ServerResponse;
+    if (this.#draining) headers = { ...headers, connection: 'close' };
+    try {
+      reply.hijack();
+      out.statusCode = status;
+      for (const k in headers) {
+        const v = headers[k];
+        if (v !== undefined) out.setHeader(k, v);
+      }
+      let stream: Readable | null = null;
+      if (body === undefined || body === null) {
+        if (!transforms?.length) {
+          if (!out.hasHeader('content-length') && status !== 204 && status !== 304) out.setHeader('content-length', 0);
+          out.end();
+          return this.#done(req, group, status, t0);
+        }
+        stream = Readable.from([]);
+      } else if (typeof body === 'string' || body instanceof Uint8Array) {
+        if (!transforms?.length) {
+          if (!out.hasHeader('content-type') && typeof body === 'string') out.setHeader('content-type', 'text/plain; charset=utf-8');
+          out.setHeader('content-length', typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength);
+          out.end(body);
+          return this.#done(req, group, status, t0);
+        }
+        stream = Readable.from([typeof body === 'string' ? Buffer.from(body) : body]);
+      } else if (body instanceof Readable) stream = body;
+      else stream = Readable.from(body as AsyncIterable<Uint8Array>);
+      if (transforms?.length) out.removeHeader('content-length');
+      const stages: NodeJS.ReadWriteStream[] = (transforms ?? []).map((t) => t());
+      pipeline([stream, ...stages, out] as unknown as [Readable, ServerResponse], (err) => {
+        if (err && !out.headersSent) {
+          out.statusCode = 500;
+          out.end();
+        } else if (err) out.destroy(err);
+        this.#done(req, group, status, t0);
+      });
+    } catch (e) {
+      this.log.error('response write failed', { error: (e as Error).message, path: req.path });
+      if (!out.headersSent) {
+        out.statusCode = 500;
+        out.end();
+      } else out.destroy();
+      this.#done(req, group, 500, t0);
+    }
+  }
+
+  #done(req: BextRequest, group: CompiledGroup, status: number, t0: number): void {
+    const cls = status < 200 ? '1xx' : status < 300 ? '2xx' : status < 400 ? '3xx' : status < 500 ? '4xx' : '5xx';
+    const key = `${group.name} ${req.method} ${cls}`;
+    const c = this.#httpCounts.get(key);
+    if (c) c.n++;
+    else if (this.#httpCounts.size < 2000) this.#httpCounts.set(key, { group: group.name, method: knownMethod(req.method), cls, n: 1 });
+    let h = this.#httpLatency.get(group.name);
+    if (!h) this.#httpLatency.set(group.name, (h = new FastHistogram()));
+    h.observe((performance.now() - t0) / 1000);
+    if (--this.#inflight === 0 && this.#drained) this.#drained();
+  }
+
+  #httpText(): string {
+    const lines: string[] = [];
+    for (const c of this.#httpCounts.values()) lines.push(`bext_http_requests_total{group="${c.group}",method="${c.method}",status_class="${c.cls}"} ${c.n}`);
+    let out = lines.length ? `# HELP bext_http_requests_total HTTP requests answered, by route group, method and status class\n# TYPE bext_http_requests_total counter\n${lines.join('\n')}\n` : '';
+    const hl: string[] = [];
+    for (const [g, h] of this.#httpLatency) hl.push(...h.lines('bext_http_request_duration_seconds', `group="${g}"`));
+    if (hl.length) out += `# HELP bext_http_request_duration_seconds Time from request head to response written\n# TYPE bext_http_request_duration_seconds histogram\n${hl.join('\n')}\n`;
+    return out;
+  }
+
+  // ------------------------------------------------------------- upgrades
+
+  #handleUpgrade(raw: IncomingMessage, socket: Duplex, head: Buffer): void {
+    socket.on('error', () => socket.destroy());
+    const { req, group } = this.#makeRequest(raw);
+    const reject = (res: ResponseData) => {
+      const body = typeof res.body === 'string' || res.body instanceof Uint8Array ? Buffer.from(res.body as string) : Buffer.alloc(0);
+      const hs = Object.entries(res.headers ?? {}).map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(', ') : v}`).join('\r\n');
+      socket.end(`HTTP/1.1 ${res.status} ${http.STATUS_CODES[res.status] ?? ''}\r\nconnection: close\r\ncontent-length: ${body.length}\r\n${hs ? `${hs}\r\n` : ''}\r\n${body}`);
+    };
+    const go = async () => {
+      if (group.onRequest) {
+        const r = await this.#requestChain(group.onRequest, req, 0);
+        if (r) return reject(r);
+      }
+      const found = group.router.find(req.method as 'GET', req.path);
+      if (!found) return reject(errorResponse(NOT_FOUND));
+      const store = found.store as RouteStore;
+      if (store.admin && !this.#adminAllowed(req)) return reject(errorResponse(new BextError('BEXT_ERR_ADMIN_FORBIDDEN', `${req.path} is an admin route`)));
+      req.route = store.pattern;
+      req.params = found.params as Record<string, string>;
+      const d = (await store.plugin.call('onRoute', store.fn, req)) as RouteDecision | HookFailure;
+      if (isFailure(d)) return reject(errorResponse(d.error));
+      if (d && (d as { action?: string }).action === 'upgrade' && typeof (d as { upgrade?: unknown }).upgrade === 'function') {
+        (d as Extract<RouteDecision, { action: 'upgrade' }>).upgrade(raw, socket, head);
+        return;
+      }
+      reject(d && typeof (d as ResponseData).status === 'number' ? (d as ResponseData) : errorResponse(new BextError('BEXT_ERR_PLUGIN_BAD_DECISION', `plugin "${store.plugin.name}" did not upgrade ${req.path}`)));
+    };
+    go().catch((e: unknown) => {
+      this.log.error('upgrade failed', { error: String((e as Error)?.message ?? e) });
+      socket.destroy();
+    });
+  }
+
+  // ------------------------------------------------------------- publish
+
+  /** Runs the onPublish chain. Resolves to the number of deliveries plugins reported. */
+  async publish(topic: string, data: unknown, publisher = 'kernel'): Promise<number> {
+    checkTopic(topic);
+    const chain = this.#chains.onPublish;
+    if (!chain) return 0;
+    const msg: PublishMessage = { topic, data, publisher };
+    let delivered = 0;
+    for (const e of chain) {
+      if (e.match !== null && !e.match('PUBLISH', `/${topic}`, '')) continue;
+      let d = e.plugin.call('onPublish', e.fn, msg);
+      if (isThenable(d)) d = await d;
+      if (d === undefined || d === null || isFailure(d)) continue;
+      const dec = d as { action?: string; data?: unknown; delivered?: number };
+      if (dec.action === 'drop') return 0;
+      if (dec.action === 'transform') msg.data = dec.data;
+      else if (dec.action === 'deliver') delivered += typeof dec.delivered === 'number' ? dec.delivered : 1;
+    }
+    return delivered;
+  }
+
+  // ------------------------------------------------------------ services
+
+  #services(plugin: string): KernelServices {
+    return {
+      plugins: () => this.plugins(),
+      ready: () => this.#ready && !this.#draining,
+      metricsText: () => this.metrics.text(),
+      metricsContentType: this.metrics.contentType,
+      setDegraded: (detail) => {
+        const p = this.#plugins.find((x) => x.name === plugin);
+        if (!p || p.state === 'quarantined') return;
+        p.state = detail ? 'degraded' : 'loaded';
+        p.detail = detail ?? undefined;
+      },
+      siteDir: this.siteDir,
+    };
+  }
+
+  plugins(): PluginStatus[] {
+    return this.#plugins.map((p) => p.status());
+  }
+
+  /** The loaded plugin objects (for tests and the CLI). */
+  loaded(): readonly LoadedPlugin[] {
+    return this.#plugins;
+  }
+
+  /** The effective chain for a request, for `bext routes` and debugging. */
+  describe(host: string, path: string, method = 'GET'): { group: string; chains: Record<string, string[]>; route: string | null } {
+    const g = this.#group(host, path);
+    const names = (c: ChainEntry[] | null) => (c ?? []).filter((e) => !e.match || e.match(method, path, host)).map((e) => `${e.plugin.name}(${e.priority})`);
+    const found = g.router.find(method as 'GET', path);
+    return {
+      group: g.name,
+      chains: { onConnect: names(this.#chains.onConnect), onRequest: names(g.onRequest), onRender: names(g.onRender), onResponse: names(g.onResponse), onPublish: names(this.#chains.onPublish) },
+      route: found ? `${(found.store as RouteStore).plugin.name} ${(found.store as RouteStore).pattern}` : null,
+    };
+  }
+
+  #audit(plugin: string, fn: string, detail: string): void {
+    this.metrics.denials.inc({ plugin, function: fn });
+    this.audits.push({ time: Date.now(), plugin, fn, detail });
+    if (this.audits.length > 500) this.audits.splice(0, this.audits.length - 500);
+    this.log.warn('capability denied', { plugin, function: fn, detail, code: 'BEXT_ERR_CAP_DENIED' });
+  }
+
+  get ready(): boolean {
+    return this.#ready && !this.#draining;
+  }
+
+  get inflight(): number {
+    return this.#inflight;
+  }
+
+  /**
+   * Graceful stop: close the listeners, let in-flight requests finish (new
+   * ones on open keep-alive connections are still answered, with
+   * `Connection: close`) until the deadline, then dispose plugins in reverse
+   * load order.
+   */
+  async close(deadlineMs = this.config.server.shutdownTimeoutMs): Promise<void> {
+    if (this.#draining) return;
+    this.#draining = true;
+    for (const l of this.#listeners) l.close();
+    if (this.#http) this.#http.closeIdleConnections();
+    const deadline = new Promise<void>((r) => setTimeout(r, deadlineMs).unref());
+    if (this.#inflight > 0) await Promise.race([new Promise<void>((r) => (this.#drained = r)), deadline]);
+    if (this.#http) {
+      const closed = new Promise<void>((r) => this.#http.close(() => r()));
+      this.#http.closeIdleConnections();
+      await Promise.race([closed, deadline]);
+      this.#http.closeAllConnections();
+    }
+    await this.#disposePlugins();
+    if ('close' in this.#kv) await (this.#kv as { close(): Promise<void> }).close();
+    this.log.info('bext stopped');
+  }
+
+  async #disposePlugins(): Promise<void> {
+    for (const p of [...this.#plugins].reverse()) {
+      try {
+        await withTimeout(p.instance.dispose(), DISPOSE_TIMEOUT_MS, `disposing plugin "${p.name}"`);
+      } catch (e) {
+        this.log.error('plugin dispose failed', { plugin: p.name, error: (e as Error).message });
+      }
+    }
+    this.#plugins = [];
+  }
+
+  /** Plugin-facing logging at a level (used by the CLI). */
+  logAt(level: LogLevel, msg: string, fields?: Record<string, unknown>): void {
+    this.log.log(level, msg, fields);
+  }
+
+  /** Name of every hook with at least one plugin, for diagnostics. */
+  activeHooks(): HookName[] {
+    const set = new Set<HookName>();
+    for (const p of this.#plugins) for (const h of Object.keys(p.manifest.hooks ?? {}) as HookName[]) set.add(h);
+    return [...set];
+  }
+}
+
+function bodyOf(res: ResponseData): ResponseData['body'] {
+  if (res.body !== undefined) return res.body;
+  if (typeof res.bodyBase64 === 'string') return Buffer.from(res.bodyBase64, 'base64');
+  return undefined;
+}
+
+const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS']);
+function knownMethod(m: string): string {
+  return METHODS.has(m) ? m : 'OTHER';
+}
+
+function describeDecision(d: unknown): string {
+  try {
+    const s = JSON.stringify(d);
+    return s === undefined ? String(d) : s.length > 120 ? `${s.slice(0, 117)}...` : s;
+  } catch {
+    return typeof d;
+  }
+}
