@@ -1,0 +1,79 @@
+/**
+ * Shared benchmark helpers: start a server script in its own process, load
+ * it with wrk (or autocannon when wrk is missing) from another process, and
+ * report ratios against a baseline measured in the same run.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { createInterface } from 'node:readline';
+
+export interface Load {
+  rps: number;
+  p99ms: number;
+  errors: number;
+}
+
+export const hasWrk = spawnSync('which', ['wrk']).status === 0;
+
+/** Starts `tsx <script> ...args`; resolves when it prints `LISTENING <port>`. */
+export async function startServer(script: string, args: string[] = [], env: Record<string, string> = {}): Promise<{ port: number; proc: ChildProcess; stop(): Promise<void> }> {
+  const proc = spawn(process.execPath, ['--import', 'tsx', script, ...args], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, BEXT_LOG: 'error', ...env } });
+  const rl = createInterface({ input: proc.stdout! });
+  const port = await new Promise<number>((resolve, reject) => {
+    proc.once('exit', (c) => reject(new Error(`${script} exited with ${c} before listening`)));
+    rl.on('line', (l) => {
+      const m = /^LISTENING (\d+)/.exec(l);
+      if (m) resolve(Number(m[1]));
+    });
+  });
+  return {
+    port,
+    proc,
+    async stop() {
+      if (proc.exitCode !== null) return;
+      proc.kill('SIGTERM');
+      await once(proc, 'exit');
+    },
+  };
+}
+
+/** Runs a load against a URL for `seconds`, 50 connections, one load thread. */
+export async function load(url: string, seconds = 5, connections = 50, headers: Record<string, string> = {}): Promise<Load> {
+  if (hasWrk) {
+    const hargs = Object.entries(headers).flatMap(([k, v]) => ['-H', `${k}: ${v}`]);
+    const p = spawn('wrk', ['-t1', `-c${connections}`, `-d${seconds}s`, '--latency', ...hargs, url]);
+    let out = '';
+    p.stdout.on('data', (d) => (out += d));
+    await once(p, 'exit');
+    const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0);
+    const p99 = /99%\s+([\d.]+)(us|ms|s)/.exec(out);
+    const p99ms = p99 ? Number(p99[1]) * (p99[2] === 'us' ? 0.001 : p99[2] === 's' ? 1000 : 1) : NaN;
+    const errs = /Non-2xx or 3xx responses:\s+(\d+)/.exec(out);
+    const sockErr = /Socket errors:.*?connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
+    const errors = Number(errs?.[1] ?? 0) + (sockErr ? Number(sockErr[1]) + Number(sockErr[2]) + Number(sockErr[3]) + Number(sockErr[4]) : 0);
+    return { rps, p99ms, errors };
+  }
+  const p = spawn(process.execPath, ['node_modules/autocannon/autocannon.js', '-j', '-c', String(connections), '-d', String(seconds), ...Object.entries(headers).flatMap(([k, v]) => ['-H', `${k}=${v}`]), url]);
+  let out = '';
+  p.stdout.on('data', (d) => (out += d));
+  await once(p, 'exit');
+  const j = JSON.parse(out) as { requests: { average: number }; latency: { p99: number }; non2xx: number; errors: number };
+  return { rps: j.requests.average, p99ms: j.latency.p99, errors: j.non2xx + j.errors };
+}
+
+export function fmt(n: number): string {
+  return Math.round(n).toLocaleString('en-US');
+}
+
+/** Interleaves rounds so drift affects baseline and subject alike; returns the best round of each. */
+export async function compare(subjects: { name: string; run: () => Promise<Load> }[], rounds = 3): Promise<Map<string, Load>> {
+  const best = new Map<string, Load>();
+  for (let r = 0; r < rounds; r++) {
+    for (const s of subjects) {
+      const l = await s.run();
+      const prev = best.get(s.name);
+      if (!prev || l.rps > prev.rps) best.set(s.name, l);
+    }
+  }
+  return best;
+}

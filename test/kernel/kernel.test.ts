@@ -1,0 +1,301 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { startBext, type Bext } from '../../sdk/harness.js';
+import { plugin, until } from '../helpers.js';
+
+const running: Bext[] = [];
+async function start(...a: Parameters<typeof startBext>) {
+  const b = await startBext(...a);
+  running.push(b);
+  return b;
+}
+afterEach(async () => {
+  while (running.length) await running.pop()!.close();
+});
+
+const echoCtx = () =>
+  plugin('echo', { routes: [{ path: '/echo', methods: ['*'] }, { path: '/items/:id' }] }, `
+export default () => ({
+  onRoute(req) {
+    return { status: 200, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ctx: req.ctx, params: req.params, route: req.route, tag: req.headers['x-tag'] ?? null }) };
+  },
+});`);
+
+describe('hook chains', () => {
+  it('runs onRequest hooks in priority order, lower first', async () => {
+    const mk = (n: string, prio: number) =>
+      plugin(n, { hooks: { onRequest: { priority: prio } } }, `
+export default () => ({ onRequest(req) { return { action: 'continue', ctx: { order: [...(req.ctx.order ?? []), ${JSON.stringify(n)}] } }; } });`);
+    const b = await start({ plugins: [mk('c-thirty', 30), mk('a-ten', 10), mk('b-twenty', 20), echoCtx()] });
+    const j = await (await fetch(`${b.url}/echo`)).json();
+    expect(j.ctx.order).toEqual(['a-ten', 'b-twenty', 'c-thirty']);
+  });
+
+  it('short-circuits: a respond decision stops the chain and skips the route', async () => {
+    const counter = plugin('counter', { hooks: { onRequest: { priority: 20 } } }, `
+globalThis.__counterCalls = 0;
+export default () => ({ onRequest() { globalThis.__counterCalls++; } });`);
+    const teapot = plugin('teapot', { hooks: { onRequest: { priority: 10 } } }, `
+export default () => ({ onRequest(req) { if (req.path === '/echo') return { action: 'respond', status: 418, body: 'short' }; } });`);
+    const b = await start({ plugins: [counter, teapot, echoCtx()] });
+    const r = await fetch(`${b.url}/echo`);
+    expect(r.status).toBe(418);
+    expect(await r.text()).toBe('short');
+    expect((globalThis as Record<string, unknown>).__counterCalls).toBe(0);
+    await fetch(`${b.url}/other`);
+    expect((globalThis as Record<string, unknown>).__counterCalls).toBe(1);
+  });
+
+  it('a match filter keeps non-matching requests away from the plugin', async () => {
+    const api = plugin('api-only', { hooks: { onRequest: { match: { paths: ['/api/**'], methods: ['POST'] } } } }, `
+export default () => ({ onRequest(req) { return { action: 'continue', setHeaders: { 'x-tag': 'api' } }; } });`);
+    const b = await start({ plugins: [api, echoCtx()] });
+    expect((await (await fetch(`${b.url}/echo`, { method: 'POST' })).json()).tag).toBeNull();
+    const calls = () => b.kernel.loaded().find((p) => p.name === 'api-only')!.counter('onRequest').calls;
+    expect(calls()).toBe(0);
+    await fetch(`${b.url}/api/x`, { method: 'GET' });
+    expect(calls()).toBe(0);
+    await fetch(`${b.url}/api/x`, { method: 'POST' });
+    expect(calls()).toBe(1);
+  });
+
+  it('route params and continue headers reach the route', async () => {
+    const tag = plugin('tagger', { hooks: { onRequest: {} } }, `export default () => ({ onRequest() { return { action: 'continue', setHeaders: { 'X-Tag': 'yes' } }; } });`);
+    const b = await start({ plugins: [tag, echoCtx()] });
+    const j = await (await fetch(`${b.url}/items/42`)).json();
+    expect(j).toMatchObject({ params: { id: '42' }, route: '/items/:id', tag: 'yes' });
+  });
+
+  it('onRender wraps next() and onResponse sets headers and transforms a streamed body', async () => {
+    const wrap = plugin('wrapper', { hooks: { onRender: { priority: 10 } } }, `
+export default () => ({ async onRender(req, next) { const r = await next(); return { ...r, headers: { ...r.headers, 'x-wrapped': '1' } }; } });`);
+    const leaf = plugin('leaf', { hooks: { onRender: { priority: 90 } } }, `
+import { Readable } from 'node:stream';
+export default () => ({ onRender(req) { return { status: 200, headers: { 'content-type': 'text/plain' }, body: Readable.from(['hello ', 'streamed ', 'world']) }; } });`);
+    const upper = plugin('upper', { hooks: { onResponse: {} } }, `
+import { Transform } from 'node:stream';
+export default () => ({ onResponse(req, res) {
+  return { setHeaders: { 'x-seen-status': String(res.status) }, transform: () => new Transform({ transform(c, e, cb) { cb(null, String(c).toUpperCase()); } }) };
+} });`);
+    const b = await start({ plugins: [wrap, leaf, upper] });
+    const r = await fetch(`${b.url}/anything`);
+    expect(r.status).toBe(200);
+    expect(r.headers.get('x-wrapped')).toBe('1');
+    expect(r.headers.get('x-seen-status')).toBe('200');
+    expect(await r.text()).toBe('HELLO STREAMED WORLD');
+  });
+
+  it('answers 404 with a code when nothing serves the path', async () => {
+    const b = await start({ plugins: [] });
+    const r = await fetch(`${b.url}/nope`);
+    expect(r.status).toBe(404);
+    expect((await r.json()).error).toBe('BEXT_ERR_NOT_FOUND');
+  });
+
+  it('onPublish fans out: transforms flow on, deliveries are counted, drops stop', async () => {
+    const pub = plugin('pub', { routes: [{ path: '/pub' }], capabilities: ['publish:custom/**'] }, `
+export default (host) => ({ async onRoute(req) { const n = await host.publish('custom/' + (req.query || 'a'), { v: 1 }); return { status: 200, body: String(n) }; } });`);
+    const xf = plugin('xf', { hooks: { onPublish: { priority: 1 } } }, `
+export default () => ({ onPublish(m) { if (m.topic === 'custom/drop') return { action: 'drop' }; return { action: 'transform', data: { ...m.data, seen: true } }; } });`);
+    const sink = plugin('sink', { hooks: { onPublish: { priority: 2 } } }, `
+globalThis.__sink = [];
+export default () => ({ onPublish(m) { globalThis.__sink.push(m); return { action: 'deliver', delivered: 3 }; } });`);
+    const b = await start({ plugins: [pub, xf, sink] });
+    expect(await (await fetch(`${b.url}/pub?x`)).text()).toBe('3');
+    expect((globalThis as Record<string, unknown[]>).__sink).toEqual([{ topic: 'custom/x', data: { v: 1, seen: true }, publisher: 'pub' }]);
+    expect(await (await fetch(`${b.url}/pub?drop`)).text()).toBe('0');
+    expect((globalThis as Record<string, unknown[]>).__sink).toHaveLength(1);
+  });
+});
+
+describe('route groups', () => {
+  it('applies a group plugin set by path and host', async () => {
+    const tag = plugin('tagger', { hooks: { onRequest: {} } }, `export default () => ({ onRequest() { return { action: 'continue', setHeaders: { 'x-tag': 'default' } }; } });`);
+    const tenant = plugin('tenant-tag', { hooks: { onRequest: { priority: 200 } } }, `export default () => ({ onRequest() { return { action: 'continue', setHeaders: { 'x-tag': 'tenant' } }; } });`);
+    const b = await start({
+      plugins: [tag, { dir: tenant, scope: 'group' }, echoCtx()],
+      config: { groups: [{ name: 'raw', paths: ['/echo'], hosts: ['raw.test'], remove: ['tagger'] }, { name: 'acme', hosts: ['*.acme.test'], add: ['tenant-tag'] }] },
+    });
+    const { request } = await import('undici');
+    const get = async (host: string) => ((await (await request(`${b.url}/echo`, { headers: { host } })).body.json()) as { tag: string | null }).tag;
+    expect(await get('localhost')).toBe('default');
+    expect(await get('raw.test')).toBeNull();
+    expect(await get('shop.acme.test')).toBe('tenant');
+    expect(b.kernel.describe('shop.acme.test', '/echo').chains.onRequest).toEqual(['tagger(100)', 'tenant-tag(200)']);
+  });
+});
+
+describe('load-time refusals', () => {
+  it('refuses two plugins claiming the same route, naming both', async () => {
+    const a = plugin('claim-a', { routes: [{ path: '/dup' }] }, `export default () => ({ onRoute: () => ({ status: 200 }) });`);
+    const c = plugin('claim-b', { routes: [{ path: '/dup', methods: ['GET'] }] }, `export default () => ({ onRoute: () => ({ status: 200 }) });`);
+    await expect(startBext({ plugins: [a, c] })).rejects.toMatchObject({ code: 'BEXT_ERR_ROUTE_CONFLICT', message: expect.stringMatching(/"claim-a".*"claim-b"/) });
+  });
+
+  it('refuses a hook declared but not exported', async () => {
+    const p = plugin('liar', { hooks: { onRequest: {} } }, `export default () => ({})`);
+    await expect(startBext({ plugins: [p] })).rejects.toMatchObject({ code: 'BEXT_ERR_PLUGIN_HOOK_MISSING' });
+  });
+
+  it('refuses duplicate plugin names', async () => {
+    const a = plugin('same', {}, `export default () => ({})`);
+    const c = plugin('same', {}, `export default () => ({})`);
+    await expect(startBext({ plugins: [a, c] })).rejects.toMatchObject({ code: 'BEXT_ERR_PLUGIN_DUPLICATE' });
+  });
+
+  it('disposes loaded plugins in reverse order when a later one fails to load', async () => {
+    const mk = (n: string) => plugin(n, {}, `globalThis.__disposed ??= []; export default () => ({ dispose() { globalThis.__disposed.push(${JSON.stringify(n)}); } });`);
+    const bad = plugin('bad-load', {}, `export default () => { throw new Error('boom at load'); }`);
+    (globalThis as Record<string, unknown>).__disposed = [];
+    await expect(startBext({ plugins: [mk('first'), mk('second'), bad] })).rejects.toMatchObject({ code: 'BEXT_ERR_PLUGIN_LOAD' });
+    expect((globalThis as Record<string, unknown>).__disposed).toEqual(['second', 'first']);
+  });
+});
+
+describe('failure handling', () => {
+  const thrower = (name: string, failMode: string, extra: Record<string, unknown> = {}) =>
+    plugin(name, { hooks: { onRequest: {} }, failMode, ...extra }, `
+globalThis.__fail ??= {};
+export default () => ({ onRequest() { if (globalThis.__fail[${JSON.stringify(name)}]) throw 42; } });`);
+  const setFail = (n: string, v: boolean) => (((globalThis as Record<string, Record<string, boolean>>).__fail ??= {})[n] = v);
+
+  it('fails open: a throwing hook is skipped and counted', async () => {
+    setFail('open-thrower', true);
+    const b = await start({ plugins: [thrower('open-thrower', 'open'), echoCtx()] });
+    expect((await fetch(`${b.url}/echo`)).status).toBe(200);
+    const p = b.kernel.loaded().find((x) => x.name === 'open-thrower')!;
+    expect(p.counter('onRequest').errors).toBe(1);
+    expect(b.logs.some((l) => l.msg === 'plugin hook failed' && String(l.error).includes('non-Error value'))).toBe(true);
+  });
+
+  it('fails closed: a throwing hook answers 503 with the code', async () => {
+    setFail('closed-thrower', true);
+    const b = await start({ plugins: [thrower('closed-thrower', 'closed'), echoCtx()] });
+    const r = await fetch(`${b.url}/echo`);
+    expect(r.status).toBe(503);
+    expect((await r.json()).error).toBe('BEXT_ERR_PLUGIN_FAILED');
+  });
+
+  it('a hook that overruns its deadline is cut off (open → continues, closed → 503)', async () => {
+    const hang = (n: string, mode: string) => plugin(n, { hooks: { onRequest: {} }, failMode: mode, limits: { timeoutMs: 50 } }, `export default () => ({ onRequest() { return new Promise(() => {}); } });`);
+    const b = await start({ plugins: [hang('hang-open', 'open'), echoCtx()] });
+    expect((await fetch(`${b.url}/echo`)).status).toBe(200);
+    expect(b.kernel.loaded()[0]!.counter('onRequest').timeouts).toBe(1);
+    const c = await start({ plugins: [hang('hang-closed', 'closed'), echoCtx()] });
+    const r = await fetch(`${c.url}/echo`);
+    expect(r.status).toBe(503);
+    expect((await r.json()).error).toBe('BEXT_ERR_PLUGIN_TIMEOUT');
+  });
+
+  it('quarantines after repeated failures, skips while quarantined, and recovers after the backoff', async () => {
+    setFail('flaky', true);
+    const b = await start({ plugins: [thrower('flaky', 'closed', { limits: { quarantineAfter: 3 } }), echoCtx()], quarantineBackoffMs: 100 });
+    const p = b.kernel.loaded().find((x) => x.name === 'flaky')!;
+    for (let i = 0; i < 3; i++) expect((await fetch(`${b.url}/echo`)).status).toBe(503);
+    expect(p.state).toBe('quarantined');
+    const r = await fetch(`${b.url}/echo`);
+    expect(r.status).toBe(503);
+    expect((await r.json()).error).toBe('BEXT_ERR_PLUGIN_QUARANTINED');
+    expect(p.counter('onRequest').calls).toBe(3);
+    setFail('flaky', false);
+    await until(async () => (await fetch(`${b.url}/echo`)).status === 200, 5000, 'recovery after backoff');
+    expect(p.state).toBe('loaded');
+    expect(p.consecutiveFailures).toBe(0);
+  });
+
+  it('a failed trial after quarantine doubles the backoff', async () => {
+    setFail('stubborn', true);
+    const b = await start({ plugins: [thrower('stubborn', 'open', { limits: { quarantineAfter: 1 } }), echoCtx()], quarantineBackoffMs: 50 });
+    const p = b.kernel.loaded().find((x) => x.name === 'stubborn')!;
+    await fetch(`${b.url}/echo`);
+    expect(p.backoffMs).toBe(50);
+    await until(async () => {
+      await fetch(`${b.url}/echo`);
+      return p.backoffMs === 100;
+    }, 5000, 'second quarantine');
+  });
+
+  it('bad decisions are refused with a code and the server keeps serving', async () => {
+    const weird = plugin('weird', { hooks: { onRequest: {} }, failMode: 'closed' }, `export default () => ({ onRequest() { return { action: 'explode' }; } });`);
+    const b = await start({ plugins: [weird, echoCtx()] });
+    const r = await fetch(`${b.url}/echo`);
+    expect(r.status).toBe(500);
+    expect((await r.json()).error).toBe('BEXT_ERR_PLUGIN_BAD_DECISION');
+  });
+});
+
+describe('capabilities', () => {
+  it('refuses an ungranted host call with a code and audits it', async () => {
+    const p = plugin('sneaky', { routes: [{ path: '/try' }], capabilities: ['publish:custom/*'] }, `
+export default (host) => ({ async onRoute(req) {
+  const out = {};
+  for (const [k, f] of Object.entries({
+    publishOther: () => host.publish('system/deploy', {}),
+    kv: () => host.kv.get('x'),
+    fetch: () => host.fetch({ url: 'http://127.0.0.1:6379/' }),
+    metric: async () => host.metric('x', 1),
+  })) { try { await f(); out[k] = 'allowed'; } catch (e) { out[k] = e.code; } }
+  return { status: 200, headers: { 'content-type': 'application/json' }, body: JSON.stringify(out) };
+} });`);
+    const b = await start({ plugins: [{ dir: p, grants: ['publish:custom/*'] }] });
+    const j = await (await fetch(`${b.url}/try`)).json();
+    expect(j).toEqual({ publishOther: 'BEXT_ERR_CAP_DENIED', kv: 'BEXT_ERR_CAP_DENIED', fetch: 'BEXT_ERR_CAP_DENIED', metric: 'BEXT_ERR_CAP_DENIED' });
+    expect(b.kernel.audits.map((a) => a.fn).sort()).toEqual(['bext_fetch', 'bext_kv_get', 'bext_metric', 'bext_publish']);
+    const metrics = await b.kernel.metrics.text();
+    expect(metrics).toMatch(/bext_capability_denials_total\{plugin="sneaky",function="bext_publish"\} 1/);
+  });
+
+  it('granted capabilities work: kv, metric, and fetch to an exactly granted loopback host', async () => {
+    const http = await import('node:http');
+    const up = http.createServer((_q, s) => s.end('upstream-ok')).listen(0, '127.0.0.1');
+    await new Promise((r) => up.once('listening', r));
+    const port = (up.address() as { port: number }).port;
+    const p = plugin('granted', { routes: [{ path: '/go' }], capabilities: ['kv', 'metrics', `fetch:127.0.0.1:${port}`, 'fetch:*.example.invalid'] }, `
+export default (host) => ({ async onRoute() {
+  await host.kv.set('k', 'v');
+  host.metric('things', 2, { kind: 'a' });
+  const f = await host.fetch({ url: 'http://127.0.0.1:${port}/' });
+  let wild; try { await host.fetch({ url: 'http://10.0.0.1.example.invalid/' }); wild = 'allowed'; } catch (e) { wild = e.code ?? e.message; }
+  return { status: 200, body: JSON.stringify({ kv: await host.kv.get('k'), fetched: f.body, wild }) };
+} });`);
+    try {
+      const b = await start({ plugins: [p] });
+      const j = await (await fetch(`${b.url}/go`)).json();
+      expect(j.kv).toBe('v');
+      expect(j.fetched).toBe('upstream-ok');
+      expect(j.wild).not.toBe('allowed');
+      expect(await b.kernel.metrics.text()).toMatch(/bext_plugin_granted_things\{kind="a"\} 2/);
+    } finally {
+      up.close();
+    }
+  });
+});
+
+describe('admin routes', () => {
+  it('are served on the admin listener and refused on the public one without the token', async () => {
+    const b = await start({ plugins: ['metrics'], config: { admin: { token: 'a-very-long-admin-token' } } });
+    const pub = await fetch(`${b.url}/metrics`);
+    expect(pub.status).toBe(403);
+    expect((await pub.json()).error).toBe('BEXT_ERR_ADMIN_FORBIDDEN');
+    expect((await fetch(`${b.adminUrl}/metrics`)).status).toBe(200);
+    expect((await fetch(`${b.url}/metrics`, { headers: { authorization: 'Bearer a-very-long-admin-token' } })).status).toBe(200);
+    expect((await fetch(`${b.url}/metrics`, { headers: { authorization: 'Bearer a-very-long-admin-tokeX' } })).status).toBe(403);
+  });
+});
+
+describe('onConnect', () => {
+  it('rejects a socket before any HTTP is parsed', async () => {
+    const deny = plugin('deny-all', { hooks: { onConnect: {} } }, `export default () => ({ onConnect(info) { return info.remoteAddress ? { action: 'reject' } : undefined; } });`);
+    const b = await start({ plugins: [deny, echoCtx()] });
+    const net = await import('node:net');
+    const got = await new Promise<string>((resolve) => {
+      const s = net.connect(b.port, '127.0.0.1', () => s.write('GET /echo HTTP/1.1\r\nhost: x\r\n\r\n'));
+      let data = '';
+      s.on('data', (d) => (data += d));
+      s.on('close', () => resolve(data));
+      s.on('error', () => undefined);
+    });
+    expect(got).toBe('');
+    // The admin listener is not subject to onConnect.
+    expect((await fetch(`${b.adminUrl}/echo`)).status).toBe(200);
+  });
+});
