@@ -68,7 +68,7 @@ export default definePlugin(async (host) => {
     return d;
   };
   const refuse = (stage: string, country: string | null) =>
-    host.metric('geo_rejected_total', 1, { stage, country: country ?? 'unknown' }, 'counter');
+    host.metric('rejected_total', 1, { stage, country: country ?? 'unknown' }, 'counter');
 
   const onChange = () => {
     openDatabase(path).then(

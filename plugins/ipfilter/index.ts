@@ -34,7 +34,7 @@ export default definePlugin((host) => {
   return {
     onConnect(info) {
       if (proxies.has(info.remoteAddress) || !refused(info.remoteAddress)) return;
-      host.metric('ipfilter_rejected_total', 1, connectLabels, 'counter');
+      host.metric('rejected_total', 1, connectLabels, 'counter');
       return REJECT;
     },
 
@@ -42,7 +42,7 @@ export default definePlugin((host) => {
       // Direct clients were already judged at connect; only proxied ones are new here.
       if (proxies.size === 0 || !proxies.has(req.remoteAddress)) return;
       if (!refused(clientOf(req))) return;
-      host.metric('ipfilter_rejected_total', 1, requestLabels, 'counter');
+      host.metric('rejected_total', 1, requestLabels, 'counter');
       return forbidden;
     },
   };

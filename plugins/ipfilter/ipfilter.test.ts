@@ -25,9 +25,9 @@ describe('ipfilter', () => {
     expect(await connect(p, '203.0.114.1')).toBeUndefined();
     expect(await connect(p, '2001:db8:bee::1')).toBeUndefined();
     expect(metrics).toEqual([
-      ['ipfilter_rejected_total', 1, { stage: 'connect' }, 'counter'],
-      ['ipfilter_rejected_total', 1, { stage: 'connect' }, 'counter'],
-      ['ipfilter_rejected_total', 1, { stage: 'connect' }, 'counter'],
+      ['rejected_total', 1, { stage: 'connect' }, 'counter'],
+      ['rejected_total', 1, { stage: 'connect' }, 'counter'],
+      ['rejected_total', 1, { stage: 'connect' }, 'counter'],
     ]);
   });
 
@@ -52,8 +52,8 @@ describe('ipfilter', () => {
     // An untrusted peer's X-Forwarded-For is ignored (it was judged at connect).
     expect(await p.onRequest!(req('198.51.7.8', '198.51.100.7'))).toBeUndefined();
     expect(metrics).toEqual([
-      ['ipfilter_rejected_total', 1, { stage: 'request' }, 'counter'],
-      ['ipfilter_rejected_total', 1, { stage: 'request' }, 'counter'],
+      ['rejected_total', 1, { stage: 'request' }, 'counter'],
+      ['rejected_total', 1, { stage: 'request' }, 'counter'],
     ]);
   });
 

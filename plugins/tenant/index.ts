@@ -60,7 +60,7 @@ export default definePlugin((host) => {
     onRequest(req) {
       const d = exact.get(req.host) ?? (wild.size ? viaWildcard(req.host) : null);
       if (d) return d;
-      if (cfg.fallback === undefined) host.metric('tenant_unknown_host_total', 1, undefined, 'counter');
+      if (cfg.fallback === undefined) host.metric('unknown_host_total', 1, undefined, 'counter');
       return unknown;
     },
   };

@@ -34,7 +34,7 @@ describe('tenant', () => {
     const p404 = await load({ hosts }, metrics);
     expect(await p404.onRequest!(req('example.com'))).toMatchObject({ action: 'respond', status: 404, body: 'unknown host\n' });
     expect(await p404.onRequest!(req('example.org'))).toMatchObject({ action: 'respond', status: 404 });
-    expect(metrics).toEqual(['tenant_unknown_host_total', 'tenant_unknown_host_total']);
+    expect(metrics).toEqual(['unknown_host_total', 'unknown_host_total']);
     const p421 = await load({ hosts, unknown: { status: 421 } });
     expect(await p421.onRequest!(req('other.test'))).toMatchObject({ action: 'respond', status: 421 });
   });
