@@ -80,7 +80,9 @@ export class KernelMetrics {
 
   /** `bext_metric` from a plugin. Returns false when the series cap was hit. */
   pluginMetric(plugin: string, name: string, value: number, labels: Record<string, string> = {}, kind: MetricKind = 'counter'): boolean {
-    const safe = `bext_plugin_${plugin.replace(/-/g, '_')}_${name.replace(/[^a-zA-Z0-9_]/g, '_')}`;
+    let safe = `bext_plugin_${plugin.replace(/-/g, '_')}_${name.replace(/[^a-zA-Z0-9_]/g, '_')}`;
+    // `_total` belongs to counters only (Prometheus naming rules).
+    if (kind !== 'counter') safe = safe.replace(/_total$/, '');
     const labelNames = Object.keys(labels).sort();
     let m = this.#pluginMetrics.get(safe);
     if (!m) {
@@ -103,7 +105,9 @@ export class KernelMetrics {
 
   /** Prometheus text of everything: the registry plus the hook counters. */
   async text(): Promise<string> {
-    let out = await this.registry.metrics();
+    // prom-client names three gauges `*_total`, which Prometheus reserves for counters;
+    // they only sum the per-type gauges of the same name, so they are left out.
+    let out = (await this.registry.metrics()).replace(/^(?:# (?:HELP|TYPE) )?bext_process_nodejs_active_(?:handles|requests|resources)_total\b.*\n/gm, '');
     out += this.extraText();
     const calls: string[] = [];
     const errors: string[] = [];
