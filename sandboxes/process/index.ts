@@ -537,12 +537,14 @@ export class ProcessInstance implements SandboxInstance {
     if (child.phase === 'hello' && msg.t !== 'hello') return this.#protocolError(child, `${JSON.stringify(String(msg.t)).slice(0, 40)} before hello`);
     switch (msg.t) {
       case 'result': {
-        const p = typeof msg.id === 'number' ? this.#settle(msg.id) : undefined;
-        p?.resolve(msg.value);
+        if (typeof msg.id !== 'number') return this.#protocolError(child, 'a result without an id');
+        // An id that is not pending is ignored: ids are never reused, so it cannot answer another call.
+        this.#settle(msg.id)?.resolve(msg.value);
         break;
       }
       case 'error': {
-        const p = typeof msg.id === 'number' ? this.#settle(msg.id) : undefined;
+        if (typeof msg.id !== 'number') return this.#protocolError(child, 'an error without an id');
+        const p = this.#settle(msg.id);
         if (p) {
           this.#stats.errors++;
           const text = typeof msg.message === 'string' ? msg.message.slice(0, 2000) : 'the hook failed without a message';

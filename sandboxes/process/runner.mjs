@@ -6,6 +6,7 @@
 // usage: node runner.mjs <json|msgpack> <entry>
 import fs from 'node:fs';
 import { Console } from 'node:console';
+import { Writable } from 'node:stream';
 import { format } from 'node:util';
 import { pathToFileURL } from 'node:url';
 
@@ -107,7 +108,7 @@ function hostNotify(fn, args) {
   try {
     send({ t: 'host', id: 0, fn, args });
   } catch (e) {
-    writeSync(2, `bext process runner: ${fn} could not be sent: ${describe(e)}\n`);
+    diag(`${fn} could not be sent: ${describe(e)}`);
   }
 }
 
@@ -126,9 +127,10 @@ function installGlobals(fns) {
   if (has.has('bext_fetch')) define('bext_fetch', (req) => hostCall('bext_fetch', [req]));
   if (has.has('bext_metric')) define('bext_metric', (name, value, labels, kind) => hostNotify('bext_metric', [name, value, labels, kind]));
 
-  // console output becomes structured log lines; stdout belongs to the protocol.
+  // console output and process.stdout become structured log lines: fd 1 belongs to the protocol.
   const toLog = (level) => (...a) => hostNotify('bext_log', [level, format(...a)]);
-  const quiet = new Console({ stdout: process.stderr, stderr: process.stderr });
+  const out = lineLog('info');
+  const quiet = new Console({ stdout: out, stderr: lineLog('warn') });
   quiet.log = toLog('info');
   quiet.info = toLog('info');
   quiet.debug = toLog('debug');
@@ -136,7 +138,44 @@ function installGlobals(fns) {
   quiet.warn = toLog('warn');
   quiet.error = toLog('error');
   g.console = quiet;
-  Object.defineProperty(process, 'stdout', { get: () => process.stderr, configurable: true });
+  Object.defineProperty(process, 'stdout', { get: () => out, configurable: true });
+}
+
+/** A writable stream that turns what is written to it into log lines. */
+function lineLog(level) {
+  let pending = '';
+  const flush = (all) => {
+    let nl;
+    while ((nl = pending.indexOf('\n')) !== -1) {
+      hostNotify('bext_log', [level, pending.slice(0, nl)]);
+      pending = pending.slice(nl + 1);
+    }
+    if (all || pending.length > 4096) {
+      if (pending) hostNotify('bext_log', [level, pending]);
+      pending = '';
+    }
+  };
+  return new Writable({
+    decodeStrings: false,
+    write(chunk, _enc, cb) {
+      pending += typeof chunk === 'string' ? chunk : chunk.toString('utf8');
+      flush(false);
+      cb();
+    },
+    final(cb) {
+      flush(true);
+      cb();
+    },
+  });
+}
+
+/** Runner diagnostics on stderr; a full or broken stderr must not take the runner down. */
+function diag(text) {
+  try {
+    writeSync(2, `bext process runner: ${text}\n`);
+  } catch {
+    // Nothing better to do with a diagnostic that cannot be written.
+  }
 }
 
 /** The host-API-shaped object handed to a default-exported factory. */
@@ -218,7 +257,7 @@ function onMessage(m) {
     case 'hostResult': return onHostResult(m);
     case 'init': return void onInit(m);
     default:
-      writeSync(2, `bext process runner: unknown message type ${JSONstringify(m && m.t)}\n`);
+      diag(`unknown message type ${JSONstringify(m && m.t)}`);
   }
 }
 
@@ -247,7 +286,7 @@ function onData(chunk) {
     try {
       m = decode(payload);
     } catch (e) {
-      writeSync(2, `bext process runner: bad frame from host: ${describe(e)}\n`);
+      diag(`bad frame from host: ${describe(e)}`);
       process.exit(65);
     }
     onMessage(m);
@@ -262,13 +301,13 @@ async function shutdown() {
   try {
     if (disposeHook) await disposeHook();
   } catch (e) {
-    writeSync(2, `bext process runner: dispose failed: ${describe(e)}\n`);
+    diag(`dispose failed: ${describe(e)}`);
   }
   process.exit(0);
 }
 
 process.on('unhandledRejection', (e) => {
-  writeSync(2, `bext process runner: unhandled rejection: ${describe(e)}\n`);
+  diag(`unhandled rejection: ${describe(e)}`);
 });
 
 const stdin = process.stdin;
