@@ -299,3 +299,34 @@ describe('onConnect', () => {
     expect((await fetch(`${b.adminUrl}/echo`)).status).toBe(200);
   });
 });
+
+describe('upgrades', () => {
+  it('hands an HTTP upgrade on a claimed route to the plugin, after onRequest', async () => {
+    const ws = plugin('ws-echo', { routes: [{ path: '/ws' }] }, `
+import { WebSocketServer } from 'ws';
+const wss = new WebSocketServer({ noServer: true });
+export default () => ({
+  onRoute(req) {
+    return { action: 'upgrade', upgrade(raw, socket, head) {
+      wss.handleUpgrade(raw, socket, head, (c) => c.on('message', (m) => c.send('echo:' + m + ':' + req.ctx.who)));
+    } };
+  },
+  dispose() { wss.close(); },
+});`);
+    const who = plugin('who', { hooks: { onRequest: {} } }, `
+export default () => ({ onRequest(req) { if (req.headers['x-deny']) return { action: 'respond', status: 401, body: 'no' }; return { action: 'continue', ctx: { who: 'alice' } }; } });`);
+    const b = await start({ plugins: [who, ws] });
+    const { WebSocket } = await import('ws');
+    const c = new WebSocket(`ws://127.0.0.1:${b.port}/ws`);
+    await new Promise((r, j) => c.once('open', r).once('error', j));
+    c.send('hi');
+    const [msg] = await new Promise<unknown[]>((r) => c.once('message', (...a) => r(a)));
+    expect(String(msg)).toBe('echo:hi:alice');
+    c.close();
+    const denied = new WebSocket(`ws://127.0.0.1:${b.port}/ws`, { headers: { 'x-deny': '1' } });
+    const status = await new Promise<number>((r) => denied.once('unexpected-response', (_q, res) => r(res.statusCode ?? 0)).once('error', () => r(-1)));
+    expect(status).toBe(401);
+    const none = new WebSocket(`ws://127.0.0.1:${b.port}/nowhere`);
+    expect(await new Promise<number>((r) => none.once('unexpected-response', (_q, res) => r(res.statusCode ?? 0)).once('error', () => r(-1)))).toBe(404);
+  });
+});
