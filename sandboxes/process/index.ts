@@ -401,7 +401,7 @@ export class ProcessInstance implements SandboxInstance {
       pluginDir: this.#spec.dir,
       readOnly: this.#readOnly,
       network: this.#spec.grants.some((g) => g.startsWith('fetch:')),
-      dataBytes: (this.#spec.limits.memoryMb + 128) * (1 << 20),
+      dataBytes: Math.round((this.#spec.limits.memoryMb + 128) * (1 << 20)),
       confine: this.#confinement.ok,
     });
     // A process group of its own, so a kill also reaches anything the plugin spawned.
@@ -414,6 +414,7 @@ export class ProcessInstance implements SandboxInstance {
     const child = new Child(proc);
     this.#child = child;
     this.#state = 'starting';
+    this.#memory = { at: -Infinity, bytes: undefined };
 
     const reader = new FrameReader(
       this.#opts.maxFrameBytes,
@@ -535,11 +536,22 @@ export class ProcessInstance implements SandboxInstance {
       return false;
     }
     if (child.phase === 'hello' && msg.t !== 'hello') return this.#protocolError(child, `${JSON.stringify(String(msg.t)).slice(0, 40)} before hello`);
+    try {
+      return this.#dispatch(child, msg);
+    } catch (e) {
+      // Answering failed on this side (the config or a host result cannot be encoded, say).
+      this.#kill(child, new BextError('BEXT_ERR_PLUGIN_FAILED', `plugin "${this.#name}": bext could not answer its process: ${(e as Error).message}`, { cause: e }), true);
+      return false;
+    }
+  }
+
+  #dispatch(child: Child, msg: Record<string, unknown>): boolean {
     switch (msg.t) {
       case 'result': {
         if (typeof msg.id !== 'number') return this.#protocolError(child, 'a result without an id');
         // An id that is not pending is ignored: ids are never reused, so it cannot answer another call.
-        this.#settle(msg.id)?.resolve(msg.value);
+        // null is how most languages say "no decision".
+        this.#settle(msg.id)?.resolve(msg.value ?? undefined);
         break;
       }
       case 'error': {

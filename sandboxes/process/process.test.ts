@@ -1,6 +1,9 @@
-import { readFileSync } from 'node:fs';
+import { cpSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { BextError } from '../../plugin-api/index.js';
+import { startBext } from '../../sdk/harness.js';
 import { probeBwrap } from './confine.js';
 import { createProcessHost, grantedFunctions, type ProcessInstance } from './index.js';
 import { loadPlugin, pluginFolder, removeFolder, request } from './testkit.js';
@@ -25,6 +28,15 @@ async function load(files: Record<string, string>, o: Parameters<typeof loadPlug
   const r = await loadPlugin(h, folder(files), o);
   live.push(r.inst);
   return r;
+}
+
+/** Whether a process has ended (gone, or a zombie waiting for its reaper). */
+function gone(pid: number): boolean {
+  try {
+    return /^\d+ \(.*\) [ZX]/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return true;
+  }
 }
 
 function rejection(p: Promise<unknown>): Promise<BextError> {
@@ -157,6 +169,7 @@ describe('process sandbox', () => {
     expect(fast.code).toBe('BEXT_ERR_PLUGIN_FAILED');
     expect(fast.message).toMatch(/restarting/);
     expect(inst.stats()).toMatchObject({ state: 'backoff', backoffMs: 50 });
+    await expect.poll(() => gone(pid!)).toBe(true);
 
     await inst.whenReady();
     expect(await inst.hooks.onRequest!(request())).toEqual({ action: 'continue' });
@@ -284,7 +297,7 @@ while True:
     const pid = inst.stats().pid!;
     await inst.dispose();
     expect(rec.logs).toContainEqual({ level: 'info', msg: 'disposing' });
-    expect(() => process.kill(pid, 0)).toThrow();
+    await expect.poll(() => gone(pid)).toBe(true);
     const err = await rejection(inst.hooks.onRequest!(request()) as Promise<unknown>);
     expect(err.code).toBe('BEXT_ERR_SHUTDOWN');
   });
@@ -329,5 +342,23 @@ while True:
       const r = (await inst.hooks.onRequest!(request())) as { ctx: Record<string, unknown> };
       expect(r.ctx).toMatchObject({ writePlugin: 'EROFS', tcp: 'connected' });
     });
+  });
+
+  it('serves requests through the kernel from the sdk template', async () => {
+    const dir = path.join(folder({}), 'hello-proc');
+    cpSync(fileURLToPath(new URL('../../sdk/templates/process', import.meta.url)), dir, { recursive: true });
+    for (const f of readdirSync(dir)) writeFileSync(path.join(dir, f), readFileSync(path.join(dir, f), 'utf8').replaceAll('__NAME__', 'hello-proc'));
+    const b = await startBext({ plugins: [{ dir }], config: { plugins: { 'hello-proc': { blockedAgents: ['BadBot'] } } } });
+    try {
+      const blocked = await fetch(`${b.url}/x`, { headers: { 'user-agent': 'BadBot/2.0' } });
+      expect(blocked.status).toBe(403);
+      expect(await blocked.text()).toBe('forbidden\n');
+      const passed = await fetch(`${b.url}/x`, { headers: { 'user-agent': 'Mozilla/5.0' } });
+      await passed.arrayBuffer();
+      expect(passed.headers.get('x-hello-proc')).toBe('seen');
+      expect(b.logs.some((l) => l.msg === 'hello-proc loaded')).toBe(true);
+    } finally {
+      await b.close();
+    }
   });
 });
