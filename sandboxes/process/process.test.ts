@@ -212,6 +212,24 @@ describe('process sandbox', () => {
     expect(inst.stats().restarts).toBe(1);
   });
 
+  it('starts the backoff over after a healthy period', async () => {
+    // healthyMs 0: every child counts as healthy, so every failure waits the first delay again.
+    const forgiving = createProcessHost({ backoff: { initialMs: 20, healthyMs: 0 } });
+    const { inst } = await load({ 'plugin.mjs': `export function onRequest(req) { if (req.path === '/crash') process.exit(1); }` }, {}, forgiving);
+    for (let i = 0; i < 3; i++) {
+      await rejection(inst.hooks.onRequest!(request({ path: '/crash' })) as Promise<unknown>);
+      expect(inst.stats().backoffMs).toBe(20);
+      await inst.whenReady();
+    }
+    expect(inst.stats().restarts).toBe(3);
+  });
+
+  it('runs unconfined when told to, and says so', async () => {
+    const { inst } = await load({ 'plugin.mjs': echo }, {}, createProcessHost({ confine: 'off' }));
+    expect(inst.stats()).toMatchObject({ confined: false, confinedReason: 'confinement is turned off (confine: "off")' });
+    expect(await inst.hooks.onConnect!({ remoteAddress: '1.1.1.1', remotePort: 1, localPort: 2 })).toEqual({ action: 'allow' });
+  });
+
   it('replaces the process on restart()', async () => {
     const { inst } = await load({ 'plugin.mjs': echo });
     const pid = inst.stats().pid;
