@@ -1,0 +1,603 @@
+/**
+ * What the two JavaScript sandbox kinds (`quickjs`, `isolate`) share: the
+ * guest prelude that defines the `bext_*` globals and the hook dispatchers,
+ * and the host-side instance that projects requests, decodes answers, runs
+ * host calls, enforces deadlines and replaces a broken VM.
+ *
+ * Everything crosses the boundary as strings: the host hands the guest JSON
+ * text and gets JSON text back, prefixed with one tag character. No host
+ * object is ever reachable from the guest and no guest object is ever
+ * touched by the host, so getters, proxies and `toJSON` tricks run inside
+ * the guest, under its deadline.
+ */
+import {
+  BextError, HOOK_NAMES, makeProjector,
+  type FetchRequest, type HookName, type LoadSpec, type LogLevel, type MetricKind, type PluginHooks,
+  type Projector, type RenderNext, type ResponseData, type SandboxInstance, type SandboxStats,
+} from '../../plugin-api/index.js';
+
+/**
+ * Guest-side bootstrap, evaluated before the plugin module. Called with the
+ * three raw host functions and the output limit; defines the `bext_*`
+ * globals and returns `{ link, settle }`.
+ *
+ * Answer tags (first character of what a dispatcher returns):
+ * `` (empty) undefined · `=` JSON value · `!` the hook threw (description
+ * follows) · `#` the answer broke a limit · `~` async, id follows; the result
+ * arrives later through `hostDone(id, taggedAnswer)`.
+ *
+ * Every global forwards to the host, granted or not: the kernel's HostApi
+ * refuses an ungranted call with BEXT_ERR_CAP_DENIED and records it in the
+ * audit log, and the guest sees that refusal as a thrown Error (sync
+ * functions) or a rejected Promise (async ones) whose `code` is the error code.
+ */
+export const GUEST_PRELUDE = `(function (hostCall, hostSync, hostDone, maxOut) {
+  'use strict';
+  const parse = JSON.parse, stringify = JSON.stringify, Str = String, Err = Error, P = Promise, M = Map;
+  const describe = (e) => {
+    try {
+      if (e instanceof Err) return Str(e.name) + ': ' + Str(e.message);
+      if (e !== null && typeof e === 'object') return 'a non-Error value was thrown: ' + stringify(e);
+      return 'a non-Error value was thrown: ' + Str(e);
+    } catch (_) { return 'an unprintable value was thrown'; }
+  };
+  const encode = (r) => {
+    if (r === undefined || r === null) return '';
+    const s = stringify(r);
+    if (typeof s !== 'string') return '';
+    if (s.length > maxOut) return '#the hook answered ' + s.length + ' characters of JSON, more than the limit of ' + maxOut;
+    return '=' + s;
+  };
+  // Packed request: '\u0001' then \u0001-separated name/value tokens; 'headers' is
+  // followed by a count and that many name/value pairs; a value starting with
+  // '\u0002' is JSON, '\u0003' is an empty object.
+  const val = (v) => { const c = v.charCodeAt(0); return c === 2 ? parse(v.slice(1)) : c === 3 ? {} : v; };
+  const unpack = (s) => {
+    if (s.charCodeAt(0) !== 1) return parse(s);
+    const t = s.split('\u0001');
+    const o = {};
+    const n = t.length;
+    let i = 2;
+    while (i < n) {
+      const k = t[i++];
+      if (k === 'headers') {
+        const h = {};
+        for (let c = +t[i++]; c > 0; c--) { const hk = t[i++]; h[hk] = val(t[i++]); }
+        o.headers = h;
+      } else o[k] = val(t[i++]);
+    }
+    return o;
+  };
+  let seq = 0;
+  const answer = (r) => {
+    if (r !== null && (typeof r === 'object' || typeof r === 'function') && typeof r.then === 'function') {
+      const id = ++seq;
+      r.then((v) => { let out; try { out = encode(v); } catch (e) { out = '!' + describe(e); } hostDone(id, out); },
+             (e) => { hostDone(id, '!' + describe(e)); });
+      return '~' + id;
+    }
+    return encode(r);
+  };
+  const toError = (d) => { const e = new Err(Str(d.message)); e.name = Str(d.name); if (d.code !== undefined) e.code = d.code; return e; };
+  const waiting = new M();
+  let hseq = 0;
+  const call = (op, args) => new P((resolve, reject) => {
+    const json = stringify(args);
+    const id = ++hseq;
+    waiting.set(id, [resolve, reject]);
+    hostCall(op, id, json);
+  });
+  const sync = (op, args) => {
+    const out = hostSync(op, stringify(args));
+    if (out === '') return undefined;
+    if (out[0] === '=') return parse(out.slice(1));
+    throw toError(parse(out.slice(1)));
+  };
+  const def = (name, fn) => Object.defineProperty(globalThis, name, { value: fn, writable: false, enumerable: false, configurable: false });
+  def('bext_log', function bext_log(level, msg, fields) { sync('log', [level, msg, fields]); });
+  def('bext_metric', function bext_metric(name, value, labels, kind) { sync('metric', [name, value, labels, kind]); });
+  def('bext_config', function bext_config() { return sync('config', []); });
+  def('bext_publish', function bext_publish(topic, data) { return call('publish', [topic, data]); });
+  def('bext_kv_get', function bext_kv_get(key) { return call('kv_get', [key]); });
+  def('bext_kv_set', function bext_kv_set(key, value, ttlSeconds) { return call('kv_set', [key, value, ttlSeconds]); });
+  def('bext_kv_del', function bext_kv_del(key) { return call('kv_del', [key]); });
+  def('bext_fetch', function bext_fetch(req) { return call('fetch', [req]); });
+  const settle = (id, ok, json) => {
+    const w = waiting.get(id);
+    if (w === undefined) return;
+    waiting.delete(id);
+    if (ok) w[0](json === '' ? undefined : parse(json));
+    else w[1](toError(parse(json)));
+  };
+  const link = (ns, names) => {
+    const out = {};
+    for (const name of names.split(',')) {
+      const f = ns[name];
+      if (typeof f !== 'function') continue;
+      out[name] = name === 'onResponse'
+        ? (json) => { try { const a = parse(json); return answer(f(a[0], a[1])); } catch (e) { return '!' + describe(e); } }
+        : (json) => { try { return answer(f(unpack(json))); } catch (e) { return '!' + describe(e); } };
+    }
+    return out;
+  };
+  return { link, settle };
+})`;
+
+/** Why a VM can no longer be used. */
+export class VmFault extends Error {
+  constructor(readonly code: 'BEXT_ERR_SANDBOX_LIMIT' | 'BEXT_ERR_PLUGIN_TIMEOUT', reason: string) {
+    super(reason);
+  }
+}
+
+/** Calls a VM makes back into its instance. All arguments are strings or numbers. */
+export interface VmEvents {
+  /** An async hook finished: `out` is a tagged answer. */
+  done(id: number, out: string): void;
+  /** The guest started an async host call (`publish`, `kv_get`, …); answer later with `EngineVm.settle`. */
+  hostCall(op: string, id: number, json: string): void;
+  /** A sync host call (`log`, `metric`, `config`); returns `''`, `=json` or `!json-error`. */
+  hostSync(op: string, json: string): string;
+}
+
+/** One guest VM (a QuickJS runtime+context, or a V8 isolate). Any method may throw a VmFault, after which the VM is discarded. */
+export interface EngineVm {
+  /** Hooks the module exports. */
+  readonly hooks: readonly HookName[];
+  /** Runs a hook's dispatcher on a JSON argument under the per-call deadline; returns a tagged answer. */
+  invoke(hook: HookName, json: string): string;
+  /** Runs whatever guest jobs are queued (promise continuations), under a deadline. */
+  drain(): void;
+  /** Resolves (ok) or rejects the guest promise of host call `id`, then runs the continuations. */
+  settle(id: number, ok: boolean, json: string): void;
+  /** Whether the VM should be rebuilt once idle (its engine was retired). */
+  readonly stale: boolean;
+  memoryBytes(): number;
+  dispose(): void;
+}
+
+/** What a kind provides to build VMs for a plugin. */
+export interface Engine {
+  readonly kind: 'quickjs' | 'isolate';
+  /** Send requests in the packed format instead of JSON (see packRequest). */
+  readonly packRequests: boolean;
+  /** Builds a VM; a Promise when the engine must first prepare. Throws BextError(BEXT_ERR_PLUGIN_LOAD) for bad code. */
+  create(spec: LoadSpec, sources: ModuleSources, events: VmEvents): EngineVm | Promise<EngineVm>;
+}
+
+/** Largest JSON answer a hook may give, in characters. */
+export function maxOutputChars(spec: LoadSpec): number {
+  return Math.max(8 << 20, spec.limits.bodyBytes * 2);
+}
+
+/**
+ * Reads module sources once per plugin, so a rebuilt VM runs the bytes that
+ * were loaded (and integrity-checked), not whatever is on disk later. Only
+ * files inside the plugin folder can be imported.
+ */
+export class ModuleSources {
+  readonly #cache = new Map<string, string>();
+  constructor(readonly dir: string, readonly entryPath: string, private readonly read: (path: string) => string) {}
+
+  /** Absolute path of `specifier` imported from `from`, or an Error saying why it is refused. */
+  resolve(from: string, specifier: string, resolvePath: (base: string, rel: string) => string, sep: string): string | Error {
+    if (!specifier.startsWith('./') && !specifier.startsWith('../')) {
+      return new Error(`import of "${specifier}" is not allowed: a sandboxed plugin can import only its own files ("./x.js")`);
+    }
+    const base = from.startsWith('file://') ? new URL(from).pathname : from;
+    const abs = resolvePath(base, specifier);
+    if (!abs.startsWith(this.dir + sep)) return new Error(`import of "${specifier}" leaves the plugin folder`);
+    return abs;
+  }
+
+  source(path: string): string {
+    let s = this.#cache.get(path);
+    if (s === undefined) {
+      s = this.read(path);
+      this.#cache.set(path, s);
+    }
+    return s;
+  }
+}
+
+interface Pending {
+  hook: HookName;
+  resolve(v: unknown): void;
+  reject(e: unknown): void;
+  timer: NodeJS.Timeout;
+}
+
+const LEVELS = new Set<LogLevel>(['trace', 'debug', 'info', 'warn', 'error']);
+const METRIC_KINDS = new Set<MetricKind>(['counter', 'gauge', 'histogram']);
+const LIMIT_MESSAGES = ['InternalError: out of memory', 'InternalError: stack overflow', 'RangeError: Maximum call stack size exceeded'];
+
+const dropProto = (k: string, v: unknown) => (k === '__proto__' ? undefined : v);
+
+/** Parses guest JSON; a `__proto__` key is dropped so no later Object.assign can re-parent a host object. */
+export function parseGuestJson(json: string): unknown {
+  return json.includes('"__proto__"') ? JSON.parse(json, dropProto) : JSON.parse(json);
+}
+
+// NUL cannot cross (QuickJS takes C strings), \u0001 separates tokens, and lone
+// surrogates do not survive UTF-8: such values go as JSON, which escapes them.
+const NEEDS_JSON = /[\u0000\u0001\uD800-\uDFFF]|^[\u0002\u0003]/;
+
+function packValue(v: unknown): string {
+  if (typeof v === 'string') return NEEDS_JSON.test(v) ? `\u0002${JSON.stringify(v)}` : v;
+  if (v !== null && typeof v === 'object' && Object.keys(v).length === 0 && !Array.isArray(v)) return '\u0003';
+  return `\u0002${JSON.stringify(v)}`;
+}
+
+/**
+ * Encodes a projected request for the guest. JSON.parse in QuickJS costs
+ * several microseconds even for tiny input, while splitting one string on
+ * a control character and building the object in the guest costs a fraction of that.
+ */
+export function packRequest(o: Record<string, unknown>): string {
+  let s = '\u0001';
+  for (const k in o) {
+    const v = o[k];
+    if (v === undefined) continue;
+    if (k === 'headers' && v !== null && typeof v === 'object') {
+      const h = v as Record<string, unknown>;
+      let n = 0;
+      let pairs = '';
+      for (const hk in h) {
+        if (h[hk] === undefined) continue;
+        if (NEEDS_JSON.test(hk)) return JSON.stringify(o);
+        pairs += `\u0001${hk}\u0001${packValue(h[hk])}`;
+        n++;
+      }
+      s += `\u0001headers\u0001${n}${pairs}`;
+    } else s += `\u0001${k}\u0001${packValue(v)}`;
+  }
+  return s;
+}
+
+function isThenable(x: unknown): x is PromiseLike<unknown> {
+  return typeof (x as { then?: unknown } | null | undefined)?.then === 'function';
+}
+
+function errorJson(e: unknown): string {
+  const err = e as { name?: unknown; message?: unknown; code?: unknown } | null;
+  return JSON.stringify({
+    name: typeof err?.name === 'string' ? err.name : 'Error',
+    message: typeof err?.message === 'string' ? err.message : String(e),
+    ...(typeof err?.code === 'string' ? { code: err.code } : {}),
+  });
+}
+
+/**
+ * A loaded JavaScript plugin: stable for the kernel, while the VM behind it
+ * is replaced whenever it breaks. One VM per instance serves every request;
+ * calls are serialised by the engine (both kinds run guest code on the
+ * calling thread), async hooks interleave at their awaits.
+ */
+export class JsInstance implements SandboxInstance {
+  readonly hooks: PluginHooks;
+  readonly #engine: Engine;
+  readonly #spec: LoadSpec;
+  readonly #sources: ModuleSources;
+  readonly #name: string;
+  readonly #proj: Projector;
+  readonly #pending = new Map<number, Pending>();
+  /** Answers that arrived before their call was registered (an isolate may run continuations before applySync returns). */
+  readonly #early = new Map<number, string>();
+  #vm: EngineVm | null;
+  #building: Promise<EngineVm> | null = null;
+  #broken = false;
+  #disposed = false;
+  readonly #stats = { calls: 0, errors: 0, timeUs: 0, restarts: 0 };
+
+  private constructor(engine: Engine, spec: LoadSpec, sources: ModuleSources) {
+    this.#engine = engine;
+    this.#spec = spec;
+    this.#sources = sources;
+    this.#name = spec.manifest.name;
+    this.#proj = makeProjector(spec.manifest.needs);
+    this.#vm = null;
+    this.hooks = {};
+  }
+
+  /** Loads a plugin: builds the first VM and checks the declared hooks are exported. */
+  static async load(engine: Engine, spec: LoadSpec, sources: ModuleSources): Promise<JsInstance> {
+    const self = new JsInstance(engine, spec, sources);
+    const vm = await self.#build();
+    const declared = Object.keys(spec.manifest.hooks ?? {}) as HookName[];
+    const missing = declared.filter((h) => !vm.hooks.includes(h));
+    if (missing.length) {
+      await self.dispose();
+      throw new BextError('BEXT_ERR_PLUGIN_HOOK_MISSING', `plugin "${spec.manifest.name}" declares ${missing.join(', ')} but ${spec.entryPath} does not export ${missing.length > 1 ? 'them' : 'it'}`, {
+        hint: `add \`export function ${missing[0]}(...) {...}\` to the entry module, or remove it from "hooks" in bext-plugin.json`,
+      });
+    }
+    Object.assign(self.hooks, self.#wrap(vm.hooks));
+    return self;
+  }
+
+  stats(): SandboxStats {
+    let memoryBytes: number | undefined;
+    try {
+      memoryBytes = this.#vm?.memoryBytes();
+    } catch {
+      memoryBytes = undefined; // a VM that broke between calls reports no memory; the next call replaces it
+    }
+    return { ...this.#stats, memoryBytes };
+  }
+
+  async restart(): Promise<void> {
+    if (this.#disposed) return;
+    const vm = this.#vm;
+    if (vm) this.#discard(vm, new BextError('BEXT_ERR_PLUGIN_FAILED', `plugin "${this.#name}" was restarted while a call was in flight`));
+    this.#broken = true;
+    await this.#build();
+  }
+
+  async dispose(): Promise<void> {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    const vm = this.#vm;
+    if (vm) this.#discard(vm, new BextError('BEXT_ERR_SHUTDOWN', `plugin "${this.#name}" was unloaded while a call was in flight`));
+  }
+
+  // ---- calls -------------------------------------------------------------
+
+  #wrap(exported: readonly HookName[]): PluginHooks {
+    const p = this.#proj;
+    const c = (hook: HookName, json: string) => this.#call(hook, json);
+    const enc: (o: Record<string, unknown>) => string = this.#engine.packRequests ? packRequest : JSON.stringify;
+    const table: { [K in HookName]: NonNullable<PluginHooks[K]> } = {
+      onConnect: (info) => c('onConnect', JSON.stringify(info)) as never,
+      onRequest: (req) => c('onRequest', enc(p.request(req))) as never,
+      onRoute: (req) => c('onRoute', enc(p.request(req))) as never,
+      onRender: (req, next) => {
+        const r = c('onRender', enc(p.request(req)));
+        return (isThenable(r) ? Promise.resolve(r).then((d) => afterRender(d, next)) : afterRender(r, next)) as never;
+      },
+      onResponse: (req, res) => c('onResponse', `[${JSON.stringify(p.request(req))},${JSON.stringify(p.response(res))}]`) as never,
+      onPublish: (msg) => c('onPublish', JSON.stringify({ topic: msg.topic, data: msg.data, publisher: msg.publisher })) as never,
+    };
+    const hooks: PluginHooks = {};
+    for (const h of HOOK_NAMES) if (exported.includes(h)) (hooks as Record<string, unknown>)[h] = table[h];
+    return hooks;
+  }
+
+  #call(hook: HookName, json: string): unknown {
+    const vm = this.#vm;
+    if (vm === null || (vm.stale && this.#pending.size === 0)) {
+      if (this.#disposed) throw new BextError('BEXT_ERR_SHUTDOWN', `plugin "${this.#name}" is unloaded`);
+      if (vm) this.#retireIdle(vm);
+      const built = this.#build();
+      return isThenable(built) ? built.then(() => this.#call(hook, json)) : this.#call(hook, json);
+    }
+    this.#stats.calls++;
+    const t0 = performance.now();
+    let out: string;
+    try {
+      out = vm.invoke(hook, json);
+    } catch (e) {
+      this.#stats.timeUs += (performance.now() - t0) * 1000;
+      this.#stats.errors++;
+      throw this.#fault(vm, e, hook);
+    }
+    this.#stats.timeUs += (performance.now() - t0) * 1000;
+    if (out === '') return undefined;
+    if (out.charCodeAt(0) === 126 /* ~ */) return this.#awaitAnswer(vm, hook, Number(out.slice(1)));
+    return this.#decode(vm, hook, out);
+  }
+
+  /** Turns a tagged answer into a value, or throws (and replaces the VM for a limit). */
+  #decode(vm: EngineVm, hook: HookName, out: string): unknown {
+    if (out === '') return undefined;
+    const tag = out.charCodeAt(0);
+    if (tag === 61 /* = */) {
+      try {
+        return parseGuestJson(out.slice(1));
+      } catch (e) {
+        this.#stats.errors++;
+        throw new BextError('BEXT_ERR_PLUGIN_BAD_DECISION', `plugin "${this.#name}" ${hook} answered text that is not JSON`, { cause: e, details: { plugin: this.#name, hook } });
+      }
+    }
+    this.#stats.errors++;
+    const msg = out.slice(1);
+    if (tag === 35 /* # */ || LIMIT_MESSAGES.some((m) => msg.startsWith(m))) {
+      throw this.#fault(vm, new VmFault('BEXT_ERR_SANDBOX_LIMIT', msg), hook);
+    }
+    throw new BextError('BEXT_ERR_PLUGIN_FAILED', `plugin "${this.#name}" ${hook} threw: ${msg}`, { details: { plugin: this.#name, hook } });
+  }
+
+  #awaitAnswer(vm: EngineVm, hook: HookName, id: number): Promise<unknown> {
+    const early = this.#early.get(id);
+    if (early !== undefined) {
+      this.#early.delete(id);
+      try {
+        return Promise.resolve(this.#decode(vm, hook, early));
+      } catch (e) {
+        return Promise.reject(e);
+      }
+    }
+    return new Promise((resolve, reject) => {
+      const ms = this.#spec.limits.timeoutMs;
+      const timer = setTimeout(() => {
+        if (this.#vm !== vm || !this.#pending.has(id)) return;
+        this.#stats.errors++;
+        this.#fault(vm, new VmFault('BEXT_ERR_PLUGIN_TIMEOUT', `did not answer within its ${ms} ms deadline`), hook);
+      }, ms);
+      timer.unref();
+      this.#pending.set(id, { hook, resolve, reject, timer });
+      this.#run(vm, hook, () => vm.drain());
+    });
+  }
+
+  #done(vm: EngineVm, id: number, out: string): void {
+    if (vm !== this.#vm) return;
+    const p = this.#pending.get(id);
+    if (p === undefined) {
+      this.#early.set(id, out);
+      return;
+    }
+    this.#pending.delete(id);
+    clearTimeout(p.timer);
+    try {
+      p.resolve(this.#decode(vm, p.hook, out));
+    } catch (e) {
+      p.reject(e);
+    }
+  }
+
+  /** Runs guest work outside a hook call (continuations), counting its time; a fault replaces the VM. */
+  #run(vm: EngineVm, hook: HookName | 'host call', fn: () => void): void {
+    const t0 = performance.now();
+    try {
+      fn();
+    } catch (e) {
+      this.#stats.errors++;
+      this.#fault(vm, e, hook);
+    } finally {
+      this.#stats.timeUs += (performance.now() - t0) * 1000;
+    }
+  }
+
+  // ---- host functions ----------------------------------------------------
+
+  #hostCall(slot: VmSlot, op: string, id: number, json: string): void {
+    const host = this.#spec.host;
+    // Started on a later microtask so a host function never re-enters the VM that called it.
+    Promise.resolve()
+      .then((): Promise<unknown> => {
+        const a = parseGuestJson(json) as unknown[];
+        switch (op) {
+          case 'publish': return host.publish(String(a[0]), a[1]);
+          case 'kv_get': return host.kv.get(String(a[0]));
+          case 'kv_set': return host.kv.set(String(a[0]), String(a[1]), a[2] == null ? undefined : Number(a[2]));
+          case 'kv_del': return host.kv.del(String(a[0]));
+          case 'fetch': return host.fetch(a[0] as FetchRequest);
+          default: throw new Error(`unknown host call ${op}`);
+        }
+      })
+      .then(
+        (v: unknown) => this.#settle(slot.vm, id, true, v === undefined ? '' : JSON.stringify(v)),
+        (e: unknown) => this.#settle(slot.vm, id, false, errorJson(e)),
+      );
+  }
+
+  #settle(vm: EngineVm | null, id: number, ok: boolean, json: string): void {
+    if (vm === null || vm !== this.#vm) return;
+    this.#run(vm, 'host call', () => vm.settle(id, ok, json));
+  }
+
+  #hostSync(op: string, json: string): string {
+    const host = this.#spec.host;
+    try {
+      const a = parseGuestJson(json) as unknown[];
+      switch (op) {
+        case 'log': {
+          const level = LEVELS.has(a[0] as LogLevel) ? (a[0] as LogLevel) : 'info';
+          const fields = a[2] !== null && typeof a[2] === 'object' ? (a[2] as Record<string, unknown>) : undefined;
+          host.log(level, String(a[1]), fields);
+          return '';
+        }
+        case 'metric': {
+          const labels = a[2] !== null && typeof a[2] === 'object' ? (a[2] as Record<string, string>) : undefined;
+          const kind = METRIC_KINDS.has(a[3] as MetricKind) ? (a[3] as MetricKind) : undefined;
+          host.metric(String(a[0]), Number(a[1]), labels, kind);
+          return '';
+        }
+        case 'config': {
+          const c = JSON.stringify(host.config());
+          return c === undefined ? '' : `=${c}`;
+        }
+        default:
+          throw new Error(`unknown host call ${op}`);
+      }
+    } catch (e) {
+      return `!${errorJson(e)}`;
+    }
+  }
+
+  // ---- replacement -------------------------------------------------------
+
+  /** Converts what a VM threw into the error the kernel sees, and replaces the VM. */
+  #fault(vm: EngineVm, e: unknown, hook: HookName | 'host call'): BextError {
+    const where = `plugin "${this.#name}" ${hook}`;
+    const err = e instanceof VmFault
+      ? new BextError(e.code, `${where}: ${e.message}; its sandbox instance was replaced`, { details: { plugin: this.#name, hook } })
+      : e instanceof BextError
+        ? e
+        : new BextError('BEXT_ERR_SANDBOX_LIMIT', `${where}: the sandbox failed (${(e as Error)?.message ?? String(e)}); its instance was replaced`, {
+            cause: e, details: { plugin: this.#name, hook },
+          });
+    if (vm === this.#vm) {
+      this.#discard(vm, err);
+      this.#broken = true;
+    }
+    return err;
+  }
+
+  #discard(vm: EngineVm, err: BextError): void {
+    this.#vm = null;
+    try {
+      vm.dispose();
+    } catch {
+      // The VM is already unusable; its engine records what went wrong.
+    }
+    this.#early.clear();
+    const pending = [...this.#pending.values()];
+    this.#pending.clear();
+    for (const p of pending) {
+      clearTimeout(p.timer);
+      p.reject(err.details?.hook === p.hook ? err : new BextError(err.code, `${err.message} (while ${p.hook} was waiting)`, { details: { plugin: this.#name, hook: p.hook } }));
+    }
+  }
+
+  /** A stale VM with nothing in flight is dropped without touching it again. */
+  #retireIdle(vm: EngineVm): void {
+    this.#vm = null;
+    try {
+      vm.dispose();
+    } catch {
+      // Stale engines may refuse disposal; the memory goes with the engine.
+    }
+  }
+
+  #build(): EngineVm | Promise<EngineVm> {
+    if (this.#building) return this.#building;
+    // The slot is filled once the VM exists; host calls made while the module
+    // itself is evaluating settle through it afterwards.
+    const slot: VmSlot = { vm: null };
+    const events: VmEvents = {
+      done: (id, out) => { if (slot.vm) this.#done(slot.vm, id, out); },
+      hostCall: (op, id, json) => this.#hostCall(slot, op, id, json),
+      hostSync: (op, json) => this.#hostSync(op, json),
+    };
+    const adopt = (v: EngineVm): EngineVm => {
+      this.#building = null;
+      if (this.#disposed) {
+        v.dispose();
+        throw new BextError('BEXT_ERR_SHUTDOWN', `plugin "${this.#name}" is unloaded`);
+      }
+      slot.vm = v;
+      this.#vm = v;
+      if (this.#broken) this.#stats.restarts++;
+      this.#broken = false;
+      return v;
+    };
+    const made = this.#engine.create(this.#spec, this.#sources, events);
+    if (isThenable(made)) {
+      this.#building = Promise.resolve(made).then(adopt, (e: unknown) => {
+        this.#building = null;
+        throw e;
+      });
+      return this.#building;
+    }
+    return adopt(made);
+  }
+}
+
+interface VmSlot {
+  vm: EngineVm | null;
+}
+
+function afterRender(d: unknown, next: RenderNext): unknown {
+  return (d as { action?: unknown } | undefined)?.action === 'next' ? next() : (d as ResponseData | undefined);
+}
