@@ -1,8 +1,14 @@
-import { readFileSync } from 'node:fs';
-import { describe, expect, it } from 'vitest';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { validatePluginConfig } from '../../kernel/config.js';
 import type { HostApi, Manifest, PluginInstance, RequestDecision, ResponseDecision, TrustedRequest } from '../../plugin-api/index.js';
+import { startBext, type Bext } from '../../sdk/harness.js';
 import plugin from './index.js';
+
+const HERE = new URL('.', import.meta.url).pathname;
 
 const manifest = JSON.parse(readFileSync(new URL('./bext-plugin.json', import.meta.url), 'utf8')) as Manifest;
 
@@ -94,5 +100,55 @@ describe('cors', () => {
   it('refuses a malformed origin at load with the config path', async () => {
     await expect(load({ origins: ['https://app.example.com/'] })).rejects.toThrow(/\$\.plugins\.cors\.origins\[0\]/);
     await expect(load({ origins: ['https://a.example.com'], bogus: 1 })).rejects.toThrow(/unknown key "bogus"/);
+  });
+});
+
+describe('cors over HTTP', () => {
+  let b: Bext;
+  beforeAll(async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'bext-vary-'));
+    writeFileSync(join(dir, 'bext-plugin.json'), JSON.stringify({ name: 'vary', version: '1.0.0', sandbox: 'trusted', entry: 'index.js', hooks: { onRender: {} } }));
+    writeFileSync(join(dir, 'index.js'), "export default () => ({ onRender: () => ({ status: 200, headers: { vary: 'Accept-Encoding', 'x-request-id': 'r1' }, body: 'hello' }) });\n");
+    b = await startBext({
+      plugins: [{ dir: HERE }, { dir }],
+      config: { plugins: { cors: { origins: ['https://app.example.com', 'https://*.preview.example.com'], credentials: true, allowHeaders: ['Authorization', 'Content-Type'], exposeHeaders: ['X-Request-Id'], maxAgeSeconds: 900 } } },
+    });
+  });
+  afterAll(() => b?.close());
+
+  it('answers a preflight before any route, with max-age and Vary', async () => {
+    const r = await request(`${b.url}/api/items`, {
+      method: 'OPTIONS',
+      headers: { origin: 'https://pr-42.preview.example.com', 'access-control-request-method': 'PUT', 'access-control-request-headers': 'authorization,content-type' },
+    });
+    await r.body.text();
+    expect(r.statusCode).toBe(204);
+    expect(r.headers).toMatchObject({
+      'access-control-allow-origin': 'https://pr-42.preview.example.com',
+      'access-control-allow-methods': 'GET, HEAD, POST, PUT, PATCH, DELETE',
+      'access-control-allow-headers': 'Authorization, Content-Type',
+      'access-control-allow-credentials': 'true',
+      'access-control-max-age': '900',
+      vary: 'Origin',
+    });
+    const refused = await request(`${b.url}/api/items`, { method: 'OPTIONS', headers: { origin: 'https://evil.test', 'access-control-request-method': 'PUT' } });
+    await refused.body.text();
+    expect(refused.statusCode).toBe(403);
+    expect(refused.headers['access-control-allow-origin']).toBeUndefined();
+  });
+
+  it('marks actual responses and merges Vary with the route\'s own', async () => {
+    const ok = await request(`${b.url}/api/items`, { headers: { origin: 'https://app.example.com' } });
+    expect(await ok.body.text()).toBe('hello');
+    expect(ok.headers).toMatchObject({
+      'access-control-allow-origin': 'https://app.example.com',
+      'access-control-allow-credentials': 'true',
+      'access-control-expose-headers': 'X-Request-Id',
+      vary: 'Accept-Encoding, Origin',
+    });
+    const plain = await request(`${b.url}/api/items`);
+    await plain.body.text();
+    expect(plain.headers.vary).toBe('Accept-Encoding, Origin');
+    expect(plain.headers['access-control-allow-origin']).toBeUndefined();
   });
 });

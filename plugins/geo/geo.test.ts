@@ -1,10 +1,16 @@
-import { copyFileSync, mkdtempSync, readFileSync, renameSync } from 'node:fs';
+import { once } from 'node:events';
+import { copyFileSync, mkdtempSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { request } from 'undici';
+import { afterAll, describe, expect, it } from 'vitest';
 import { validatePluginConfig } from '../../kernel/config.js';
 import type { HostApi, Manifest, PluginInstance, TrustedRequest } from '../../plugin-api/index.js';
+import { startBext, type Bext } from '../../sdk/harness.js';
 import plugin from './index.js';
+
+const HERE = new URL('.', import.meta.url).pathname;
 
 const manifest = JSON.parse(readFileSync(new URL('./bext-plugin.json', import.meta.url), 'utf8')) as Manifest;
 const COUNTRY_DB = '/work/shared/corpus/geo/GeoIP2-Country-Test.mmdb';
@@ -73,5 +79,42 @@ describe('geo', () => {
     expect(await connect(p, '74.209.24.1')).toBeUndefined();
     expect(await connect(p, '216.160.83.56')).toMatchObject({ action: 'reject' });
     await p.dispose!();
+  });
+});
+
+describe('geo over real sockets', () => {
+  const started: Bext[] = [];
+  afterAll(() => Promise.all(started.map((b) => b.close())));
+  const start = async (section: Record<string, unknown>) => {
+    const dir = mkdtempSync(join(tmpdir(), 'bext-country-'));
+    writeFileSync(join(dir, 'bext-plugin.json'), JSON.stringify({ name: 'country', version: '1.0.0', sandbox: 'trusted', entry: 'index.js', hooks: { onRender: {} } }));
+    writeFileSync(join(dir, 'index.js'), "export default () => ({ onRender: (req) => ({ status: 200, body: String(req.ctx.geo?.country) }) });\n");
+    const b = await startBext({ plugins: [{ dir: HERE }, { dir }], config: { plugins: { geo: { database: COUNTRY_DB, ...section } } } });
+    started.push(b);
+    return b;
+  };
+
+  it('presents test-database addresses through a trusted proxy and refuses denied countries', async () => {
+    const b = await start({ deny: ['CN'], trustedProxies: ['127.0.0.1'] });
+    const from = async (addr: string) => {
+      const r = await request(`${b.url}/`, { headers: { 'x-forwarded-for': addr } });
+      return { status: r.statusCode, body: await r.body.text() };
+    };
+    expect(await from(GB)).toEqual({ status: 200, body: 'GB' });
+    expect(await from(SE)).toEqual({ status: 200, body: 'SE' });
+    expect(await from(JP6)).toEqual({ status: 200, body: 'JP' });
+    expect(await from(CN)).toMatchObject({ status: 403 });
+    expect(await b.kernel.metrics.text()).toMatch(/bext_plugin_geo_rejected_total\{country="CN",stage="request"\} 1/);
+  });
+
+  it('drops a direct client from an unplaced address at connect when unknown is deny', async () => {
+    const b = await start({ allow: ['GB'], unknown: 'deny' });
+    const s = net.connect(b.port, '127.0.0.1');
+    let received = '';
+    s.on('data', (c: Buffer) => (received += c.toString()));
+    s.on('error', () => undefined);
+    s.write('GET / HTTP/1.1\r\nHost: a.test\r\n\r\n');
+    await once(s, 'close');
+    expect(received).toBe('');
   });
 });

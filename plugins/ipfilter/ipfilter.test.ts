@@ -1,8 +1,15 @@
-import { readFileSync } from 'node:fs';
-import { describe, expect, it } from 'vitest';
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
 import { validatePluginConfig } from '../../kernel/config.js';
 import type { HostApi, Manifest, PluginInstance, TrustedRequest } from '../../plugin-api/index.js';
+import { startBext, type Bext } from '../../sdk/harness.js';
 import plugin from './index.js';
+
+const HERE = new URL('.', import.meta.url).pathname;
 
 const manifest = JSON.parse(readFileSync(new URL('./bext-plugin.json', import.meta.url), 'utf8')) as Manifest;
 
@@ -59,5 +66,52 @@ describe('ipfilter', () => {
 
   it('names the bad entry of a list at load', async () => {
     await expect(load({ deny: ['10.0.0.0/8', '10.0.0.0/33'] })).rejects.toThrow(/\$\.plugins\.ipfilter\.deny\[1\]/);
+  });
+});
+
+function okPlugin(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'bext-ok-'));
+  writeFileSync(join(dir, 'bext-plugin.json'), JSON.stringify({ name: 'ok', version: '1.0.0', sandbox: 'trusted', entry: 'index.js', hooks: { onRender: {} } }));
+  writeFileSync(join(dir, 'index.js'), "export default () => ({ onRender: () => ({ status: 200, body: 'ok' }) });\n");
+  return dir;
+}
+
+/** Sends a request on a raw socket; resolves with whatever came back before the socket closed. */
+async function rawExchange(port: number, extra = ''): Promise<{ received: string; error: string | null }> {
+  const s = net.connect(port, '127.0.0.1');
+  let received = '';
+  let error: string | null = null;
+  s.on('data', (c: Buffer) => (received += c.toString()));
+  s.on('error', (e: NodeJS.ErrnoException) => (error = e.code ?? e.message));
+  s.write(`GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n${extra}\r\n`);
+  await once(s, 'close');
+  return { received, error };
+}
+
+describe('ipfilter over real sockets', () => {
+  const started: Bext[] = [];
+  afterAll(() => Promise.all(started.map((b) => b.close())));
+  const start = async (section: Record<string, unknown>) => {
+    const b = await startBext({ plugins: [{ dir: HERE }, { dir: okPlugin() }], config: { plugins: { ipfilter: section } } });
+    started.push(b);
+    return b;
+  };
+
+  it('closes a denied client\'s socket without any HTTP response', async () => {
+    const b = await start({ deny: ['127.0.0.0/8'] });
+    const { received } = await rawExchange(b.port);
+    expect(received).toBe('');
+    expect(await b.kernel.metrics.text()).toMatch(/bext_plugin_ipfilter_rejected_total\{stage="connect"\} 1/);
+  });
+
+  it('serves an allowed client', async () => {
+    const b = await start({ allow: ['127.0.0.1/32'] });
+    expect((await rawExchange(b.port)).received).toMatch(/^HTTP\/1\.1 200 OK/);
+  });
+
+  it('judges a client behind a trusted proxy by X-Forwarded-For', async () => {
+    const b = await start({ deny: ['203.0.113.0/24'], trustedProxies: ['127.0.0.1'] });
+    expect((await rawExchange(b.port, 'X-Forwarded-For: 203.0.113.50\r\n')).received).toMatch(/^HTTP\/1\.1 403 /);
+    expect((await rawExchange(b.port, 'X-Forwarded-For: 203.0.113.50, 198.51.100.4\r\n')).received).toMatch(/^HTTP\/1\.1 200 /);
   });
 });

@@ -1,8 +1,14 @@
-import { readFileSync } from 'node:fs';
-import { describe, expect, it } from 'vitest';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { request } from 'undici';
+import { afterAll, describe, expect, it } from 'vitest';
 import { validatePluginConfig } from '../../kernel/config.js';
 import type { HostApi, Manifest, PluginInstance, TrustedRequest } from '../../plugin-api/index.js';
+import { startBext, type Bext } from '../../sdk/harness.js';
 import plugin from './index.js';
+
+const HERE = new URL('.', import.meta.url).pathname;
 
 const manifest = JSON.parse(readFileSync(new URL('./bext-plugin.json', import.meta.url), 'utf8')) as Manifest;
 
@@ -55,5 +61,31 @@ describe('tenant', () => {
     await expect(load({ hosts: { 'Shop.Example.com': 'x' } })).rejects.toThrow(/hosts/);
     await expect(load({ hosts: { 'a.*.example.com': 'x' } })).rejects.toThrow(/hosts/);
     await expect(load({ hosts, unknown: { status: 500 } })).rejects.toThrow(/\$\.plugins\.tenant\.unknown\.status/);
+  });
+});
+
+describe('tenant over HTTP', () => {
+  const started: Bext[] = [];
+  afterAll(() => Promise.all(started.map((b) => b.close())));
+  const start = async (section: Record<string, unknown>) => {
+    const dir = mkdtempSync(join(tmpdir(), 'bext-whichtenant-'));
+    writeFileSync(join(dir, 'bext-plugin.json'), JSON.stringify({ name: 'whichtenant', version: '1.0.0', sandbox: 'trusted', entry: 'index.js', hooks: { onRender: {} } }));
+    writeFileSync(join(dir, 'index.js'), "export default () => ({ onRender: (req) => ({ status: 200, body: `${req.ctx.tenant}|${req.headers['x-tenant-id'] ?? ''}` }) });\n");
+    const b = await startBext({ plugins: [{ dir: HERE }, { dir }], config: { plugins: { tenant: section } } });
+    started.push(b);
+    return (host: string) => request(`${b.url}/page`, { headers: { host } }).then(async (r) => ({ status: r.statusCode, body: await r.body.text() }));
+  };
+
+  it('resolves exact and wildcard hosts (with a port) and answers unknown hosts 404', async () => {
+    const get = await start({ hosts, header: 'x-tenant-id' });
+    expect(await get('shop.example.com')).toEqual({ status: 200, body: 'shop|shop' });
+    expect(await get('Blog.Example.com:8080')).toEqual({ status: 200, body: 'shared|shared' });
+    expect(await get('acme.eu.example.com')).toEqual({ status: 200, body: 'eu-acme|eu-acme' });
+    expect(await get('example.net')).toEqual({ status: 404, body: 'unknown host\n' });
+  });
+
+  it('answers unknown hosts 421 when configured', async () => {
+    const get = await start({ hosts, unknown: { status: 421, body: 'wrong server\n' } });
+    expect(await get('example.net')).toEqual({ status: 421, body: 'wrong server\n' });
   });
 });
