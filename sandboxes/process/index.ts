@@ -120,7 +120,7 @@ const HOST_FNS: Record<string, (h: HostApi, a: unknown[]) => unknown> = {
   bext_config: (h) => h.config(),
 };
 
-/** The host functions a plugin's guest sees as globals: bext_log and bext_config, plus what its grants unlock. */
+/** The host functions a plugin's grants unlock, plus bext_log and bext_config (every guest sees all of them; the kernel refuses ungranted calls). */
 export function grantedFunctions(grants: readonly string[]): string[] {
   const out = new Set<string>(['bext_log', 'bext_config']);
   for (const g of grants) {

@@ -125,7 +125,7 @@ describe('process sandbox', () => {
     );
     expect(await inst.hooks.onRequest!(request({ path: '/h' }))).toEqual({
       action: 'continue',
-      ctx: { n: 1, last: '/h', cfg: { mode: 'x' }, has: 'undefined' },
+      ctx: { n: 1, last: '/h', cfg: { mode: 'x' }, has: 'function' },
     });
     expect(rec.published).toEqual([{ topic: 'custom/hits', data: { path: '/h' } }]);
     expect(rec.kv.get('last')).toBe('/h');

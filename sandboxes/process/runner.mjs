@@ -114,18 +114,19 @@ function hostNotify(fn, args) {
 
 let config = {};
 
-function installGlobals(fns) {
+// Every host function exists in every guest, as in the other sandbox kinds:
+// an ungranted call is refused (and audited) by the kernel, not by absence.
+function installGlobals() {
   const g = globalThis;
-  const has = new Set(fns);
   const define = (name, value) => Object.defineProperty(g, name, { value, writable: false, configurable: false, enumerable: false });
   define('bext_log', (level, msg, fields) => hostNotify('bext_log', [level, StringCtor(msg), fields]));
   define('bext_config', () => structuredClone(config));
-  if (has.has('bext_publish')) define('bext_publish', (topic, data) => hostCall('bext_publish', [topic, data]));
-  if (has.has('bext_kv_get')) define('bext_kv_get', (key) => hostCall('bext_kv_get', [key]));
-  if (has.has('bext_kv_set')) define('bext_kv_set', (key, value, ttlSeconds) => hostCall('bext_kv_set', [key, value, ttlSeconds]));
-  if (has.has('bext_kv_del')) define('bext_kv_del', (key) => hostCall('bext_kv_del', [key]));
-  if (has.has('bext_fetch')) define('bext_fetch', (req) => hostCall('bext_fetch', [req]));
-  if (has.has('bext_metric')) define('bext_metric', (name, value, labels, kind) => hostNotify('bext_metric', [name, value, labels, kind]));
+  define('bext_publish', (topic, data) => hostCall('bext_publish', [topic, data]));
+  define('bext_kv_get', (key) => hostCall('bext_kv_get', [key]));
+  define('bext_kv_set', (key, value, ttlSeconds) => hostCall('bext_kv_set', [key, value, ttlSeconds]));
+  define('bext_kv_del', (key) => hostCall('bext_kv_del', [key]));
+  define('bext_fetch', (req) => hostCall('bext_fetch', [req]));
+  define('bext_metric', (name, value, labels, kind) => hostNotify('bext_metric', [name, value, labels, kind]));
 
   // console output and process.stdout become structured log lines: fd 1 belongs to the protocol.
   const toLog = (level) => (...a) => hostNotify('bext_log', [level, format(...a)]);
@@ -222,7 +223,7 @@ function onCall(m) {
 async function onInit(m) {
   config = m.config ?? {};
   if (typeof m.maxFrameBytes === 'number') maxFrameBytes = m.maxFrameBytes;
-  installGlobals(Array.isArray(m.fns) ? m.fns : []);
+  installGlobals();
   try {
     const mod = await import(pathToFileURL(entry).href);
     let src = mod;

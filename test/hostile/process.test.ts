@@ -290,7 +290,7 @@ describe('hostile process plugins', () => {
   it('ungranted publish and fetch are refused and audited', async () => {
     const before = inst.stats().restarts;
     const r = (await call('/ungranted')) as { ctx: { visible: Record<string, string> } };
-    expect(r.ctx.visible).toEqual({ publish: 'function', fetch: 'undefined' });
+    expect(r.ctx.visible).toEqual({ publish: 'function', fetch: 'function' });
     await expect.poll(() => rec.audit.map((a) => a.fn)).toEqual(expect.arrayContaining(['bext_publish', 'bext_fetch']));
     expect(rec.audit).toContainEqual({ fn: 'bext_publish', detail: 'admin/secrets' });
     expect(rec.audit).toContainEqual({ fn: 'bext_fetch', detail: '169.254.169.254' });
