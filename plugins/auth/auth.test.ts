@@ -164,6 +164,16 @@ describe('auth: JWT', () => {
     }
   });
 
+  it('fails the hook (so the kernel answers 503) when the JWKS cannot be fetched, rather than blaming the client', async () => {
+    const srv = createServer().listen(0, '127.0.0.1');
+    await once(srv, 'listening');
+    const port = (srv.address() as { port: number }).port;
+    await new Promise((r) => srv.close(r));
+    const p = await load({ jwt: { jwks: { url: `http://127.0.0.1:${port}/jwks.json`, algorithms: ['ES256'] } } });
+    const token = await sign(good, 'ES256', pairs.ES256!.privateKey, { kid: 'k1' });
+    await expect(p.onRequest!(req({ authorization: `Bearer ${token}` }))).rejects.toMatchObject({ code: 'BEXT_ERR_PLUGIN_FAILED' });
+  });
+
   it('reads the token from a cookie when configured', async () => {
     const p = await load({ jwt: { keys: [{ alg: 'HS256', secret: SECRET }], cookie: 'session' } });
     const token = await sign(good, 'HS256', hsKey);
