@@ -11,8 +11,9 @@
 import { readFileSync } from 'node:fs';
 import { setFlagsFromString } from 'node:v8';
 import { dirname, resolve as resolvePath, sep } from 'node:path';
+import { createRequire } from 'node:module';
 import {
-  newQuickJSWASMModuleFromVariant, RELEASE_SYNC,
+  newQuickJSWASMModuleFromVariant, newVariant, RELEASE_SYNC,
   type QuickJSContext, type QuickJSHandle, type QuickJSRuntime, type QuickJSWASMModule,
 } from 'quickjs-emscripten';
 import { BextError, HOOK_NAMES, type HookName, type LoadSpec, type SandboxHost } from '../../plugin-api/index.js';
@@ -29,6 +30,18 @@ import { GUEST_PRELUDE, JsInstance, ModuleSources, VmFault, maxOutputChars, type
 const STACK_BYTES = 256 * 1024;
 
 /**
+ * How often (in calls, and in milliseconds of running guest code) an
+ * instance's real memory use is measured. QuickJS's own malloc limit cannot
+ * be trusted here: built for WebAssembly it counts each allocation as a few
+ * bytes (no malloc_usable_size), so it only stops single huge allocations.
+ * The real use (JS_ComputeMemoryUsage) is measured whenever the shared
+ * linear memory grew during a call, every MEMORY_CHECK_CALLS calls, and every
+ * MEMORY_CHECK_MS while guest code runs.
+ */
+const MEMORY_CHECK_CALLS = 1000;
+const MEMORY_CHECK_MS = 20;
+
+/**
  * A WebAssembly module shared by many runtimes. Retired when something
  * escaped QuickJS's own checks (a native stack overflow or a trap), since
  * its heap may then be inconsistent: instances on it move to a fresh module
@@ -42,6 +55,33 @@ class WasmHome {
 let home: WasmHome | null = null;
 let homeLoading: Promise<WasmHome> | null = null;
 let tieringSet = false;
+let compiled: Promise<WebAssembly.Module> | null = null;
+
+/** The VM whose guest code is running right now (innermost), which linear-memory growth is charged to. */
+let running: QuickVm | null = null;
+
+/**
+ * Instantiates the QuickJS module with its heap-growth import wrapped: the
+ * shared linear memory only grows on behalf of a runtime still under its
+ * memory limit, so one tenant's allocation bomb cannot balloon the process.
+ * (The import is found by its body, since the glue is minified; without it
+ * the periodic checks below still apply.)
+ */
+function instantiateWasm(imports: Record<string, Record<string, unknown>>, done: (i: WebAssembly.Instance) => void): Record<string, never> {
+  const env = imports.a;
+  if (env) {
+    for (const [k, fn] of Object.entries(env)) {
+      if (typeof fn === 'function' && /2147483648/.test(String(fn)) && /\.grow\(/.test(String(fn))) {
+        const grow = fn as (bytes: number) => number;
+        env[k] = (bytes: number) => (running && !running.mayGrow(bytes >>> 0) ? 0 : grow(bytes));
+        break;
+      }
+    }
+  }
+  compiled ??= WebAssembly.compile(readFileSync(createRequire(import.meta.url).resolve('@jitl/quickjs-wasmfile-release-sync/wasm')));
+  void compiled.then((m) => WebAssembly.instantiate(m, imports as WebAssembly.Imports)).then(done);
+  return {};
+}
 
 function currentHome(): WasmHome | Promise<WasmHome> {
   if (home && !home.retired) return home;
@@ -53,7 +93,7 @@ function currentHome(): WasmHome | Promise<WasmHome> {
     setFlagsFromString('--no-liftoff');
     tieringSet = true;
   }
-  homeLoading ??= newQuickJSWASMModuleFromVariant(RELEASE_SYNC).then(
+  homeLoading ??= newQuickJSWASMModuleFromVariant(newVariant(RELEASE_SYNC, { emscriptenModule: { instantiateWasm } as never })).then(
     (mod) => {
       homeLoading = null;
       home = new WasmHome(mod);
@@ -93,6 +133,7 @@ interface RawModule {
   stringToUTF8(s: string, p: number, max: number): void;
   UTF8ToString(p: number): string;
   HEAP32: Int32Array;
+  HEAPU8: Uint8Array;
 }
 interface RawContext {
   ffi: RawFfi;
@@ -111,6 +152,14 @@ class QuickVm implements EngineVm {
   readonly #timeoutMs: number;
   #deadline = 0;
   #interrupted = false;
+  readonly #memLimit: number;
+  #memExceeded = false;
+  #lastHeapBytes = 0;
+  #lastMemCheck = 0;
+  #callsSinceCheck = 0;
+  /** Real memory use at the last measurement, and the linear memory size when guest code was last entered. */
+  #lastUsage = 0;
+  #heapAtEntry = 0;
   #poisoned = false;
   #disposed = false;
   readonly #raw: RawContext;
@@ -122,12 +171,21 @@ class QuickVm implements EngineVm {
     this.#home = h;
     this.#timeoutMs = spec.limits.timeoutMs;
     const rt = (this.#rt = h.mod.newRuntime());
-    rt.setMemoryLimit(Math.floor(spec.limits.memoryMb * 1024 * 1024));
+    this.#memLimit = Math.floor(spec.limits.memoryMb * 1024 * 1024);
+    rt.setMemoryLimit(this.#memLimit);
     rt.setMaxStackSize(STACK_BYTES);
     rt.setInterruptHandler(() => {
-      if (this.#deadline !== 0 && performance.now() > this.#deadline) {
+      if (this.#deadline === 0) return false;
+      if (this.#memExceeded) return true;
+      const now = performance.now();
+      if (now > this.#deadline) {
         this.#interrupted = true;
         return true;
+      }
+      if (now - this.#lastMemCheck > MEMORY_CHECK_MS || this.#heapBytes() !== this.#lastHeapBytes) {
+        this.#lastMemCheck = now;
+        this.#lastHeapBytes = this.#heapBytes();
+        if (this.#overLimit()) return true;
       }
       return false;
     });
@@ -151,7 +209,11 @@ class QuickVm implements EngineVm {
     try {
       this.#boot(spec, sources, events);
     } catch (e) {
-      this.dispose();
+      try {
+        this.dispose();
+      } catch {
+        // dispose() already retired the module; the load error is what matters.
+      }
       if (e instanceof VmFault) {
         throw new BextError('BEXT_ERR_PLUGIN_LOAD', `plugin "${spec.manifest.name}": ${e.message} while loading ${spec.entryPath}`);
       }
@@ -184,31 +246,36 @@ class QuickVm implements EngineVm {
       hostDone.dispose();
       maxOut.dispose();
     }
+    let link: QuickJSHandle | undefined;
     try {
-      const link = ctx.getProp(bridge, 'link');
+      link = ctx.getProp(bridge, 'link');
       this.#settleFn = ctx.getProp(bridge, 'settle');
+    } finally {
+      bridge.dispose();
+    }
+    let table: QuickJSHandle;
+    try {
       const ns = this.#evalModule(spec, sources, name);
       const names = ctx.newString(HOOK_NAMES.join(','));
-      let table: QuickJSHandle;
       try {
         table = this.#unwrap(ctx.callFunction(link, ctx.undefined, ns, names), 'linking the hooks');
       } finally {
         names.dispose();
         ns.dispose();
-        link.dispose();
       }
-      for (const hook of HOOK_NAMES) {
-        const fn = ctx.getProp(table, hook);
-        if (ctx.typeof(fn) === 'function') {
-          this.#fns.set(hook, fn);
-          this.#fnPtrs.set(hook, fn.value as unknown as number);
-          this.hooks.push(hook);
-        } else fn.dispose();
-      }
-      table.dispose();
     } finally {
-      bridge.dispose();
+      link.dispose();
     }
+    for (const hook of HOOK_NAMES) {
+      const fn = ctx.getProp(table, hook);
+      if (ctx.typeof(fn) === 'function') {
+        this.#fns.set(hook, fn);
+        this.#fnPtrs.set(hook, fn.value as unknown as number);
+        this.hooks.push(hook);
+      } else fn.dispose();
+    }
+    table.dispose();
+    this.#lastUsage = this.memoryBytes();
   }
 
   #evalModule(spec: LoadSpec, sources: ModuleSources, name: string): QuickJSHandle {
@@ -220,7 +287,7 @@ class QuickVm implements EngineVm {
       throw new BextError('BEXT_ERR_PLUGIN_LOAD', `plugin "${name}": cannot read ${spec.entryPath}: ${(e as Error).message}`, { cause: e });
     }
     this.#deadline = performance.now() + this.#timeoutMs;
-    const r = this.#guard(() => ctx.evalCode(code, spec.entryPath, { type: 'module' }));
+    const r = this.#guard(() => this.#enter(() => ctx.evalCode(code, spec.entryPath, { type: 'module' })));
     if (r.error) {
       const why = this.#describe(r.error);
       r.error.dispose();
@@ -306,20 +373,66 @@ class QuickVm implements EngineVm {
     return out;
   }
 
+  #heapBytes(): number {
+    return this.#raw.module.HEAPU8.buffer.byteLength;
+  }
+
+  /** Measures the runtime's real memory use; sets the flag that turns the interrupt into a limit error. */
+  #overLimit(): boolean {
+    this.#callsSinceCheck = 0;
+    this.#lastUsage = this.memoryBytes();
+    if (this.#lastUsage <= this.#memLimit) return false;
+    this.#memExceeded = true;
+    return true;
+  }
+
+  /**
+   * Called from inside malloc when the linear memory must grow to `bytes`:
+   * nothing here may call back into the module. Charges the growth since this
+   * VM was entered to it, on top of its last measured use.
+   */
+  mayGrow(bytes: number): boolean {
+    if (this.#lastUsage + (bytes - this.#heapAtEntry) <= this.#memLimit) return true;
+    this.#memExceeded = true;
+    return false;
+  }
+
+  /** Runs guest code as the running VM (nesting-safe). */
+  #enter<T>(fn: () => T): T {
+    const outer = running;
+    running = this;
+    this.#heapAtEntry = this.#heapBytes();
+    try {
+      return fn();
+    } finally {
+      running = outer;
+    }
+  }
+
+  #memoryFault(): VmFault {
+    return new VmFault('BEXT_ERR_SANDBOX_LIMIT', `used more than its ${Math.round(this.#memLimit / 1048576)} MiB memory limit`);
+  }
+
   #failure(err: QuickJSHandle): VmFault {
     const why = this.#describe(err);
     err.dispose();
+    if (this.#memExceeded) return this.#memoryFault();
     if (this.#interrupted) return new VmFault('BEXT_ERR_PLUGIN_TIMEOUT', `ran past its ${this.#timeoutMs} ms deadline and was interrupted`);
     return new VmFault('BEXT_ERR_SANDBOX_LIMIT', `hit a limit (${why})`);
   }
 
   invoke(hook: HookName, json: string): string {
+    const heapBefore = this.#heapBytes();
     this.#deadline = performance.now() + this.#timeoutMs;
     let out: string;
     try {
-      out = this.#callRaw(this.#fnPtrs.get(hook)!, json);
+      out = this.#enter(() => this.#callRaw(this.#fnPtrs.get(hook)!, json));
     } catch (e) {
       throw this.#escape(e);
+    }
+    if (this.#memExceeded) throw this.#memoryFault();
+    if ((this.#heapBytes() !== heapBefore || ++this.#callsSinceCheck >= MEMORY_CHECK_CALLS) && this.#overLimit()) {
+      throw this.#memoryFault();
     }
     // A sync hook may leave continuations queued (a promise it did not return).
     if (out.charCodeAt(0) !== 126 /* ~ */ && this.#rt.hasPendingJob()) this.drain();
@@ -328,18 +441,20 @@ class QuickVm implements EngineVm {
   }
 
   drain(): void {
+    const heapBefore = this.#heapBytes();
     this.#deadline = performance.now() + this.#timeoutMs;
-    this.#guard(() => {
+    this.#guard(() => this.#enter(() => {
       const r = this.#rt.executePendingJobs(-1);
       if (r.error) throw this.#failure(r.error);
-    });
+    }));
     this.#deadline = 0;
+    if (this.#memExceeded || (this.#heapBytes() !== heapBefore && this.#overLimit())) throw this.#memoryFault();
   }
 
   settle(id: number, ok: boolean, json: string): void {
     const ctx = this.#ctx;
     this.#deadline = performance.now() + this.#timeoutMs;
-    this.#guard(() => {
+    this.#guard(() => this.#enter(() => {
       const idH = ctx.newNumber(id);
       const jsonH = ctx.newString(json);
       const r = ctx.callFunction(this.#settleFn!, ctx.undefined, idH, ok ? ctx.true : ctx.false, jsonH);
@@ -347,7 +462,7 @@ class QuickVm implements EngineVm {
       jsonH.dispose();
       if (r.error) throw this.#failure(r.error);
       r.value.dispose();
-    });
+    }));
     this.drain();
   }
 
