@@ -10,7 +10,6 @@ import {
   createLocalJWKSet, createRemoteJWKSet, decodeProtectedHeader, errors as joseErrors, importJWK, importSPKI, importX509, jwtVerify,
   type JWK, type JWTPayload, type JWTVerifyGetKey, type JWTVerifyOptions, type KeyLike,
 } from 'jose';
-import { LRUCache } from 'lru-cache';
 import { BextError, compileMatch, definePlugin, type MatchFn, type MatchSpec, type RequestDecision, type TrustedRequest } from '../../plugin-api/index.js';
 
 type Require = 'none' | 'optional' | 'jwt' | 'apikey' | 'any';
@@ -165,7 +164,14 @@ export default definePlugin(async (host) => {
   const keyOptions = new Map([...new Set(keys.map((k) => k.alg))].map((a) => [a, verifyOptions([a])]));
   const jwksOptions = verifyOptions([...jwksAlgs]);
 
-  const cache = cfg.cacheSize > 0 ? new LRUCache<string, Principal>({ max: cfg.cacheSize }) : null;
+  // Keyed by the credential exactly as it arrived (the whole Authorization value), so a hit slices nothing.
+  // Oldest-first eviction: tokens are short-lived, and a Map is several times cheaper per hit than an LRU.
+  const cache = new Map<string, Principal>();
+  const remember = (key: string, p: Principal) => {
+    if (cfg.cacheSize === 0) return;
+    if (cache.size >= cfg.cacheSize) cache.delete(cache.keys().next().value!);
+    cache.set(key, p);
+  };
 
   const principal = (auth: AuthCtx, until: number): Principal => ({
     decision: { action: 'continue', ctx: Object.freeze({ auth: Object.freeze(auth) }) },
@@ -289,21 +295,15 @@ export default definePlugin(async (host) => {
     return answer(401, challenge(require, `, error="invalid_token", error_description=${quote(description)}`), 'invalid_token', description);
   };
 
-  const bearerOf = (req: TrustedRequest): string | null => {
-    const h = req.headers.authorization;
-    if (typeof h === 'string' && h.length > 7 && (h.startsWith('Bearer ') || h.slice(0, 7).toLowerCase() === 'bearer ')) return h.slice(7).trim();
-    return jwt?.cookie ? cookieValue(req.headers.cookie, jwt.cookie) : null;
-  };
-
-  const withJwt = (rule: Rule, token: string): RequestDecision | Promise<RequestDecision> => {
-    const hit = cache?.get(token);
+  const withJwt = (rule: Rule, cacheKey: string, token: string): RequestDecision | Promise<RequestDecision> => {
+    const hit = cache.get(cacheKey);
     if (hit !== undefined) {
       if (Date.now() < hit.until) return admit(rule, hit);
-      cache!.delete(token);
+      cache.delete(cacheKey);
     }
     return verifyJwt(token).then(
       (p) => {
-        cache?.set(token, p);
+        remember(cacheKey, p);
         return admit(rule, p);
       },
       (e: unknown) => {
@@ -311,6 +311,15 @@ export default definePlugin(async (host) => {
         throw e;
       },
     );
+  };
+
+  const fromJwt = (req: TrustedRequest, rule: Rule): RequestDecision | Promise<RequestDecision> | null => {
+    const h = req.headers.authorization;
+    if (typeof h === 'string' && h.length > 7 && (h.startsWith('Bearer ') || h.slice(0, 7).toLowerCase() === 'bearer ')) {
+      return withJwt(rule, h, h.slice(7).trim());
+    }
+    const fromCookie = jwt?.cookie ? cookieValue(req.headers.cookie, jwt.cookie) : null;
+    return fromCookie ? withJwt(rule, fromCookie, fromCookie) : null;
   };
 
   return {
@@ -326,8 +335,8 @@ export default definePlugin(async (host) => {
         }
       }
       if (require !== 'apikey' && jwt) {
-        const token = bearerOf(req);
-        if (token) return withJwt(rule, token);
+        const d = fromJwt(req, rule);
+        if (d !== null) return d;
       }
       if (require === 'optional') return;
       host.metric('denied_total', 1, { reason: 'missing' }, 'counter');

@@ -75,23 +75,23 @@ export default definePlugin(async (host) => {
 
   const source = (src: string): KeyFn => {
     switch (src) {
-      case 'ip': return (req) => `ip:${ipKey(clientOf(req))}`;
+      case 'ip': return (req) => ipKey(clientOf(req));
       case 'global': return () => 'global';
-      case 'tenant': return (req) => `tenant:${typeof req.ctx.tenant === 'string' ? req.ctx.tenant : req.host}`;
+      case 'tenant': return (req) => (typeof req.ctx.tenant === 'string' ? req.ctx.tenant : req.host);
       case 'apikey': return (req) => {
         const v = header(req, cfg.apiKeyHeader);
-        return v === null ? null : `key:${digest(v)}`;
+        return v === null ? null : digest(v);
       };
       case 'jwt-sub': return (req) => {
         // The limiter runs before auth, so the subject is read unverified: a forged one only buys a bucket
         // for a request that auth then refuses. Pair this source with an `ip` rule.
         const auth = req.ctx.auth as { subject?: unknown } | undefined;
-        if (typeof auth?.subject === 'string') return `sub:${auth.subject}`;
+        if (typeof auth?.subject === 'string') return auth.subject;
         const h = header(req, 'authorization');
         if (h === null || !/^bearer /i.test(h)) return null;
         try {
           const sub = decodeJwt(h.slice(7).trim()).sub;
-          return typeof sub === 'string' ? `sub:${sub}` : null;
+          return typeof sub === 'string' ? sub : null;
         } catch {
           // Not a JWT: no subject to key by; the next source decides.
           return null;
@@ -101,18 +101,20 @@ export default definePlugin(async (host) => {
         const name = src.slice('header:'.length);
         return (req) => {
           const v = header(req, name);
-          return v === null ? null : `h:${v}`;
+          return v;
         };
       }
     }
   };
   const keyFn = (sources: string[]): KeyFn => {
-    const fns = sources.map(source);
-    if (fns.length === 1) return fns[0]!;
+    // One source: its value is the key, no allocation. Several: the value is tagged with its source, so an
+    // API key and an address that happen to be equal strings never share a bucket.
+    if (sources.length === 1) return source(sources[0]!);
+    const fns = sources.map((src) => [`${src}:`, source(src)] as const);
     return (req) => {
-      for (const f of fns) {
+      for (const [tag, f] of fns) {
         const k = f(req);
-        if (k !== null) return k;
+        if (k !== null) return tag + k;
       }
       return null;
     };
