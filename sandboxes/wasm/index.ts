@@ -59,14 +59,21 @@ export function instrumentCached(original: Uint8Array): InstrumentedModule {
 
 interface Runner {
   plugin: Plugin;
+  exports: WebAssembly.Exports;
   fuel: WebAssembly.Global;
   growFailed: WebAssembly.Global;
   memory: WebAssembly.Memory | null;
 }
 
+/** Extism imports that only work inside Extism's own call frame (`plugin.call`). */
+const EXTISM_FRAME_IMPORTS = new Set(['input_length', 'input_load_u8', 'input_load_u64', 'input_offset', 'output_set', 'error_set', 'error_get']);
+
 function limitError(detail: string, cause?: unknown): BextError {
   return new BextError('BEXT_ERR_SANDBOX_LIMIT', detail, { cause });
 }
+
+const isThenable = (x: unknown): x is PromiseLike<unknown> =>
+  x !== null && typeof x === 'object' && typeof (x as { then?: unknown }).then === 'function';
 
 class WasmInstance implements SandboxInstance {
   readonly hooks: PluginHooks = {};
@@ -77,8 +84,17 @@ class WasmInstance implements SandboxInstance {
   readonly #maxBytes: number;
   readonly #state: HostState;
   readonly #functions: HostFunctions;
+  readonly #encoder = new TextEncoder();
+  /**
+   * Guests that read input and write output only through the bext I/O
+   * imports are called directly and synchronously; guests using Extism's
+   * input/output go through `plugin.call`, which is async.
+   */
+  readonly #direct: boolean;
   #runner: Runner | null = null;
   #pending: Promise<Runner> | null = null;
+  /** A direct call is running (a host function may re-enter the kernel). */
+  #active = false;
   #busy = false;
   #waiters: (() => void)[] = [];
   #disposed = false;
@@ -93,12 +109,15 @@ class WasmInstance implements SandboxInstance {
     this.#memoryExport = memoryExport;
     this.#fuelLimit = Math.min(MAX_FUEL, Math.max(1, Math.floor(spec.limits.fuel)));
     this.#maxBytes = Math.max(1, Math.floor(spec.limits.memoryMb * 16)) * PAGE;
+    this.#direct = !WebAssembly.Module.imports(module).some((i) => i.module === 'extism:host/env' && EXTISM_FRAME_IMPORTS.has(i.name));
     this.#state = {
       name: this.#name,
       host: spec.host,
       grants: spec.grants,
       stats: this.#stats,
       maxAllocBytes: this.#maxBytes,
+      maxOutputBytes: MAX_OUTPUT_BYTES,
+      io: { input: new Uint8Array(0), output: null, error: null },
       memory: () => this.#runner?.memory ?? null,
       disposed: () => this.#disposed,
       canPublish: (topic) => canPublish(spec.grants, topic),
@@ -107,16 +126,18 @@ class WasmInstance implements SandboxInstance {
     this.#functions = createHostFunctions(this.#state);
     const project = makeProjector(spec.manifest.needs);
     const name = this.#name;
-    const call = (hook: HookName, input: string) => this.#call(hook, input);
+    const call = this.#direct
+      ? (hook: HookName, input: string) => this.#callDirect(hook, input)
+      : (hook: HookName, input: string) => this.#callExtism(hook, input);
+    const then = (r: unknown, f: (d: unknown) => unknown) => (isThenable(r) ? Promise.resolve(r).then(f) : f(r));
     const table: { [K in HookName]: PluginHooks[K] } = {
       onConnect: (info) => call('onConnect', JSON.stringify(info)) as never,
       onRequest: (req) => call('onRequest', JSON.stringify(project.request(req))) as never,
-      onRoute: async (req) => asResponse(await call('onRoute', JSON.stringify(project.request(req))), name, 'onRoute') as never,
-      onRender: async (req, next) => {
-        const d = await call('onRender', JSON.stringify(project.request(req)));
-        if (d !== null && typeof d === 'object' && (d as { action?: unknown }).action === 'next') return next();
-        return d === undefined ? next() : (asResponse(d, name, 'onRender') as never);
-      },
+      onRoute: (req) => then(call('onRoute', JSON.stringify(project.request(req))), (d) => asResponse(d, name, 'onRoute')) as never,
+      onRender: (req, next) => then(call('onRender', JSON.stringify(project.request(req))), (d) => {
+        if (d === undefined || (d !== null && typeof d === 'object' && (d as { action?: unknown }).action === 'next')) return next();
+        return asResponse(d, name, 'onRender');
+      }) as never,
       onResponse: (req, res) => call('onResponse', JSON.stringify({ req: project.request(req), res: project.response(res) })) as never,
       onPublish: (msg) => call('onPublish', JSON.stringify(msg)) as never,
     };
@@ -144,7 +165,7 @@ class WasmInstance implements SandboxInstance {
     const growFailed = instance.exports[GROW_FAILED_EXPORT];
     if (!(fuel instanceof WebAssembly.Global) || !(growFailed instanceof WebAssembly.Global)) throw new Error('the instrumented module lacks its fuel globals');
     const mem = this.#memoryExport ? instance.exports[this.#memoryExport] : undefined;
-    return { plugin, fuel, growFailed, memory: mem instanceof WebAssembly.Memory ? mem : null };
+    return { plugin, exports: instance.exports, fuel, growFailed, memory: mem instanceof WebAssembly.Memory ? mem : null };
   }
 
   async #ensureRunner(): Promise<Runner> {
@@ -176,13 +197,69 @@ class WasmInstance implements SandboxInstance {
     }
   }
 
-  async #call(hook: HookName, input: string): Promise<unknown> {
+  #begin(runner: Runner, input: string): Uint8Array {
+    const io = this.#state.io;
+    io.input = this.#encoder.encode(input);
+    io.output = null;
+    io.error = null;
+    this.#functions.beginCall();
+    runner.fuel.value = this.#fuelLimit;
+    return io.input;
+  }
+
+  /** The synchronous path: one export call, no promise unless the instance is being replaced or the call re-enters. */
+  #callDirect(hook: HookName, input: string): unknown {
+    if (this.#disposed) throw new BextError('BEXT_ERR_SHUTDOWN', `plugin "${this.#name}" was disposed`);
+    const runner = this.#runner;
+    if (runner === null || this.#active) return this.#deferred(hook, input);
+    this.#active = true;
+    this.#begin(runner, input);
+    // Frees the Extism memory blocks (host-function arguments and results) of the previous call.
+    void runner.plugin.reset();
+    const fn = runner.exports[hook] as () => unknown;
+    const t0 = performance.now();
+    try {
+      fn();
+    } catch (e) {
+      throw this.#trapped(runner, hook, e, t0);
+    } finally {
+      this.#active = false;
+    }
+    this.#account(t0, this.#fuelLimit - (runner.fuel.value as number));
+    return this.#decode(hook, this.#state.io.output);
+  }
+
+  async #deferred(hook: HookName, input: string): Promise<unknown> {
+    // A direct call never spans a microtask, so by now any running one has finished.
+    await this.#ensureRunner();
+    return this.#callDirect(hook, input);
+  }
+
+  async #callExtism(hook: HookName, input: string): Promise<unknown> {
     if (this.#busy) await new Promise<void>((resolve) => this.#waiters.push(resolve));
     else this.#busy = true;
     try {
       if (this.#disposed) throw new BextError('BEXT_ERR_SHUTDOWN', `plugin "${this.#name}" was disposed`);
       const runner = this.#runner ?? (await this.#ensureRunner());
-      return await this.#invoke(runner, hook, input);
+      const bytes = this.#begin(runner, input);
+      const t0 = performance.now();
+      let out: PluginOutput | null;
+      try {
+        out = await runner.plugin.call(hook, bytes);
+      } catch (e) {
+        throw this.#trapped(runner, hook, e, t0);
+      }
+      this.#account(t0, this.#fuelLimit - (runner.fuel.value as number));
+      const io = this.#state.io;
+      if (io.output === null && out !== null) {
+        const size = (out as unknown as DataView).byteLength;
+        if (size > MAX_OUTPUT_BYTES) {
+          this.#stats.errors++;
+          throw limitError(`plugin "${this.#name}" returned ${size} bytes from ${hook}; the limit is ${MAX_OUTPUT_BYTES}`);
+        }
+        io.output = out.text();
+      }
+      return this.#decode(hook, io.output);
     } finally {
       // Hand the lock straight to the next waiter: Extism keeps per-call state
       // (input, output blocks) that a second call would reset mid-way.
@@ -192,33 +269,18 @@ class WasmInstance implements SandboxInstance {
     }
   }
 
-  async #invoke(runner: Runner, hook: HookName, input: string): Promise<unknown> {
-    const stats = this.#stats;
-    const limit = this.#fuelLimit;
-    this.#functions.beginCall();
-    runner.fuel.value = limit;
-    const t0 = performance.now();
-    let out: PluginOutput | null;
-    try {
-      out = await runner.plugin.call(hook, input);
-    } catch (e) {
-      const left = runner.fuel.value as number;
-      this.#account(t0, limit - Math.max(0, left));
-      stats.errors++;
-      throw this.#failure(runner, hook, e, left);
+  #decode(hook: HookName, output: string | null): unknown {
+    const io = this.#state.io;
+    if (io.error !== null) {
+      this.#stats.errors++;
+      throw new BextError('BEXT_ERR_PLUGIN_FAILED', `plugin "${this.#name}" failed in ${hook}: ${io.error.slice(0, 500)}`);
     }
-    this.#account(t0, limit - (runner.fuel.value as number));
-    const size = out === null ? 0 : (out as unknown as DataView).byteLength;
-    if (out === null || size === 0) return undefined;
-    if (size > MAX_OUTPUT_BYTES) {
-      stats.errors++;
-      throw limitError(`plugin "${this.#name}" returned ${size} bytes from ${hook}; the limit is ${MAX_OUTPUT_BYTES}`);
-    }
+    if (output === null || output.length === 0) return undefined;
     try {
-      return JSON.parse(out.text());
+      return JSON.parse(output);
     } catch (e) {
-      stats.errors++;
-      throw new BextError('BEXT_ERR_PLUGIN_BAD_DECISION', `plugin "${this.#name}" returned output from ${hook} that is not JSON: ${JSON.stringify(out.text().slice(0, 80))}`, { cause: e });
+      this.#stats.errors++;
+      throw new BextError('BEXT_ERR_PLUGIN_BAD_DECISION', `plugin "${this.#name}" returned output from ${hook} that is not JSON: ${JSON.stringify(output.slice(0, 80))}`, { cause: e });
     }
   }
 
@@ -230,7 +292,15 @@ class WasmInstance implements SandboxInstance {
     s.fuelTotal += fuel;
   }
 
-  /** Turns whatever the call threw into a BextError, replacing the instance unless the guest just reported an error. */
+  /** Accounts a call that threw and turns the throw into a BextError. */
+  #trapped(runner: Runner, hook: HookName, e: unknown, t0: number): BextError {
+    const left = runner.fuel.value as number;
+    this.#account(t0, this.#fuelLimit - Math.max(0, left));
+    this.#stats.errors++;
+    return this.#failure(runner, hook, e, left);
+  }
+
+  /** Classifies a throw, replacing the instance unless the guest just reported an error. */
   #failure(runner: Runner, hook: HookName, e: unknown, fuelLeft: number): BextError {
     const name = this.#name;
     const msg = e instanceof Error ? e.message : String(e);

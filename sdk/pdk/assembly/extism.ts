@@ -1,7 +1,9 @@
 /**
- * The Extism kernel ABI (`extism:host/env`): how a guest reads its input,
- * sets its output or error, and moves bytes through host memory. Memory
- * handles are i64 offsets into the host's Extism memory, not guest pointers.
+ * The Extism kernel ABI (`extism:host/env`): host memory blocks addressed by
+ * i64 handles (not guest pointers), through which host-function arguments
+ * and results travel. Declared functions that a plugin never calls are not
+ * imported. A hook's input and output use the bext I/O functions (io.ts)
+ * instead of Extism's input/output, which move 8 bytes per host call.
  */
 
 // @ts-ignore: decorator
@@ -60,27 +62,4 @@ export function loadString(handle: u64): string {
   for (; i + 8 <= len; i += 8) store<u64>(ptr + <usize>i, load_u64(handle + <u64>i));
   for (; i < len; i++) store<u8>(ptr + <usize>i, load_u8(handle + <u64>i));
   return String.UTF8.decode(buf);
-}
-
-/** The call's input as a string (UTF-8). */
-export function inputString(): string {
-  const len = <i32>input_length();
-  const buf = new ArrayBuffer(len);
-  const ptr = changetype<usize>(buf);
-  let i = 0;
-  for (; i + 8 <= len; i += 8) store<u64>(ptr + <usize>i, input_load_u64(<u64>i));
-  for (; i < len; i++) store<u8>(ptr + <usize>i, input_load_u8(<u64>i));
-  return String.UTF8.decode(buf);
-}
-
-/** Sets the call's output. */
-export function outputString(s: string): void {
-  const buf = String.UTF8.encode(s);
-  const handle = storeRaw(changetype<usize>(buf), buf.byteLength);
-  output_set(handle, <u64>buf.byteLength);
-}
-
-/** Ends the call with an error the host raises with this message. */
-export function errorString(message: string): void {
-  error_set(storeString(message));
 }

@@ -3,90 +3,84 @@
  * `read*` functions and ends with a decision (which sets the output) or
  * `pass()` (no output: continue unchanged).
  */
-import { errorString, inputString, outputString } from "./extism";
-import { Kind, Value, Writer, parse } from "./json";
+import { errorString, inputBytes, outputRaw, outputString } from "./io";
+import { Value, Writer } from "./json";
+import { JsonView } from "./view";
 
-let emptyObject: Value | null = null;
-function empty(): Value {
-  let e = emptyObject;
-  if (e === null) { e = parse("{}")!; emptyObject = e; }
-  return e;
+function input(): JsonView {
+  const v = JsonView.of(inputBytes());
+  return v.isArray ? JsonView.empty() : v;
 }
 
-function parseInput(): Value {
-  const v = parse(inputString());
-  return v !== null && v.kind == Kind.Obj ? v : empty();
+function str(s: string | null): string { return s !== null ? s : ""; }
+
+/** First value of a header in a headers object (a string, or the first of an array). */
+function headerIn(h: JsonView | null, name: string): string | null {
+  if (h === null) return null;
+  const i = h.find(name);
+  if (i < 0) return null;
+  const s = h.stringAt(i);
+  if (s !== null) return s;
+  const arr = h.viewAt(i);
+  return arr !== null && arr.isArray ? arr.stringAt(0) : null;
 }
 
-/** A request as the plugin's manifest `needs` projected it (absent fields read as ""). */
+/**
+ * A request as the plugin's manifest `needs` projected it (absent fields
+ * read as ""). Fields are decoded from the input bytes on first access.
+ */
 export class Request {
-  constructor(public raw: Value) {}
-  get id(): string { return this.raw.getString("id"); }
-  get method(): string { return this.raw.getString("method"); }
-  get path(): string { return this.raw.getString("path"); }
-  get query(): string { return this.raw.getString("query"); }
-  get host(): string { return this.raw.getString("host"); }
-  get scheme(): string { return this.raw.getString("scheme"); }
-  get remoteAddress(): string { return this.raw.getString("remoteAddress"); }
-  get httpVersion(): string { return this.raw.getString("httpVersion"); }
-  get route(): string { return this.raw.getString("route"); }
+  private hv: JsonView | null = null;
+  private hvRead: bool = false;
+  constructor(public raw: JsonView) {}
+  get id(): string { return str(this.raw.getString("id")); }
+  get method(): string { return str(this.raw.getString("method")); }
+  get path(): string { return str(this.raw.getString("path")); }
+  get query(): string { return str(this.raw.getString("query")); }
+  get host(): string { return str(this.raw.getString("host")); }
+  get scheme(): string { return str(this.raw.getString("scheme")); }
+  get remoteAddress(): string { return str(this.raw.getString("remoteAddress")); }
+  get httpVersion(): string { return str(this.raw.getString("httpVersion")); }
+  get route(): string { return str(this.raw.getString("route")); }
   /** The body, when `needs` has "body" and one was sent. */
-  get body(): string | null {
-    const b = this.raw.get("body");
-    return b !== null && b.kind == Kind.Str ? b.s : null;
-  }
+  get body(): string | null { return this.raw.getString("body"); }
   /** A header by lower-case name (the first value of a repeated header), or null. */
-  header(name: string): string | null {
-    const h = this.raw.get("headers");
-    if (h === null) return null;
-    const v = h.get(name);
-    if (v === null) return null;
-    if (v.kind == Kind.Str) return v.s;
-    if (v.kind == Kind.Arr && v.length > 0 && v.valueAt(0).kind == Kind.Str) return v.valueAt(0).s;
-    return null;
+  header(name: string): string | null { return headerIn(this.headersView(), name); }
+  /** All headers (an empty object when not projected). */
+  get headers(): JsonView {
+    const h = this.headersView();
+    return h !== null ? h : JsonView.empty();
   }
-  /** All headers (an object; empty when not projected). */
-  get headers(): Value {
-    const h = this.raw.get("headers");
-    return h !== null ? h : empty();
+  private headersView(): JsonView | null {
+    if (!this.hvRead) { this.hv = this.raw.getView("headers"); this.hvRead = true; }
+    return this.hv;
   }
   /** A route parameter (onRoute), or null. */
   param(name: string): string | null {
-    const p = this.raw.get("params");
-    if (p === null) return null;
-    const v = p.get(name);
-    return v !== null && v.kind == Kind.Str ? v.s : null;
+    const p = this.raw.getView("params");
+    return p === null ? null : p.getString(name);
   }
-  /** A value earlier plugins put on `req.ctx`, or null. */
+  /** A value earlier plugins put on `req.ctx`, parsed, or null. */
   ctx(key: string): Value | null {
-    const c = this.raw.get("ctx");
-    return c === null ? null : c.get(key);
+    const c = this.raw.getView("ctx");
+    return c === null ? null : c.getValue(key);
   }
+  /** The projected request as JSON text. */
+  json(): string { return this.raw.toJSON(); }
 }
 
 /** Input of onRequest, onRoute and onRender. */
 export function readRequest(): Request {
-  return new Request(parseInput());
+  return new Request(input());
 }
 
 /** The response head an onResponse hook sees. */
 export class ResponseHead {
-  constructor(public raw: Value) {}
+  constructor(public raw: JsonView) {}
   get status(): i32 { return <i32>this.raw.getNumber("status"); }
-  header(name: string): string | null {
-    const h = this.raw.get("headers");
-    if (h === null) return null;
-    const v = h.get(name);
-    if (v === null) return null;
-    if (v.kind == Kind.Str) return v.s;
-    if (v.kind == Kind.Arr && v.length > 0 && v.valueAt(0).kind == Kind.Str) return v.valueAt(0).s;
-    return null;
-  }
+  header(name: string): string | null { return headerIn(this.raw.getView("headers"), name); }
   /** The body, when `needs` has "response.body" and it was not streamed. */
-  get body(): string | null {
-    const b = this.raw.get("body");
-    return b !== null && b.kind == Kind.Str ? b.s : null;
-  }
+  get body(): string | null { return this.raw.getString("body"); }
 }
 
 /** Input of onResponse: the request and the response head. */
@@ -95,34 +89,49 @@ export class ResponseInput {
 }
 
 export function readResponse(): ResponseInput {
-  const v = parseInput();
-  const req = v.get("req");
-  const res = v.get("res");
-  return new ResponseInput(new Request(req !== null ? req : empty()), new ResponseHead(res !== null ? res : empty()));
+  const v = input();
+  const req = v.getView("req");
+  const res = v.getView("res");
+  return new ResponseInput(new Request(req !== null ? req : JsonView.empty()), new ResponseHead(res !== null ? res : JsonView.empty()));
 }
 
 /** Input of onPublish. */
 export class Message {
-  constructor(public topic: string, public data: Value, public publisher: string) {}
+  constructor(public raw: JsonView) {}
+  get topic(): string { return str(this.raw.getString("topic")); }
+  get publisher(): string { return str(this.raw.getString("publisher")); }
+  /** The message data as JSON text ("null" when absent). */
+  get dataJson(): string {
+    const d = this.raw.getRaw("data");
+    return d !== null ? d : "null";
+  }
+  /** The message data, parsed. */
+  get data(): Value {
+    const d = this.raw.getValue("data");
+    return d !== null ? d : Value.null();
+  }
 }
 
 export function readMessage(): Message {
-  const v = parseInput();
-  const d = v.get("data");
-  return new Message(v.getString("topic"), d !== null ? d : Value.null(), v.getString("publisher"));
+  return new Message(input());
 }
 
 /** Input of onConnect. */
 export class Connection {
-  constructor(public raw: Value) {}
-  get remoteAddress(): string { return this.raw.getString("remoteAddress"); }
+  constructor(public raw: JsonView) {}
+  get remoteAddress(): string { return str(this.raw.getString("remoteAddress")); }
   get remotePort(): i32 { return <i32>this.raw.getNumber("remotePort"); }
   get localPort(): i32 { return <i32>this.raw.getNumber("localPort"); }
-  get servername(): string { return this.raw.getString("servername"); }
+  get servername(): string { return str(this.raw.getString("servername")); }
 }
 
 export function readConnection(): Connection {
-  return new Connection(parseInput());
+  return new Connection(input());
+}
+
+function send(w: Writer): i32 {
+  outputRaw(w.ptr, w.length);
+  return 0;
 }
 
 class Pairs {
@@ -172,8 +181,7 @@ export class Continue {
     if (this.resp.size) { w.key("responseHeaders"); this.resp.write(w, false); }
     if (this.ctxs.size) { w.key("ctx"); this.ctxs.write(w, true); }
     w.endObject();
-    outputString(w.toString());
-    return 0;
+    return send(w);
   }
 }
 
@@ -201,8 +209,7 @@ export class Respond {
     const t = this.text;
     if (t !== null) w.key(this.base64 ? "bodyBase64" : "body").string(t);
     w.endObject();
-    outputString(w.toString());
-    return 0;
+    return send(w);
   }
 }
 
@@ -241,8 +248,7 @@ export class ResponseEdit {
     const t = this.text;
     if (t !== null) w.key("body").string(t);
     w.endObject();
-    outputString(w.toString());
-    return 0;
+    return send(w);
   }
 }
 
@@ -261,8 +267,7 @@ export function reject(reason: string = ""): i32 {
   const w = new Writer();
   w.beginObject().key("action").string("reject");
   if (reason.length) w.key("reason").string(reason);
-  outputString(w.endObject().toString());
-  return 0;
+  return send(w.endObject());
 }
 
 /** onPublish: stop the message. */
@@ -270,22 +275,17 @@ export function drop(reason: string = ""): i32 {
   const w = new Writer();
   w.beginObject().key("action").string("drop");
   if (reason.length) w.key("reason").string(reason);
-  outputString(w.endObject().toString());
-  return 0;
+  return send(w.endObject());
 }
 
 /** onPublish: replace the message data with `dataJson`. */
 export function transform(dataJson: string): i32 {
-  const w = new Writer();
-  outputString(w.beginObject().key("action").string("transform").key("data").raw(dataJson).endObject().toString());
-  return 0;
+  return send(new Writer().beginObject().key("action").string("transform").key("data").raw(dataJson).endObject());
 }
 
 /** onPublish: the message was delivered (to `delivered` subscribers). */
 export function deliver(delivered: i32): i32 {
-  const w = new Writer();
-  outputString(w.beginObject().key("action").string("deliver").key("delivered").int(delivered).endObject().toString());
-  return 0;
+  return send(new Writer().beginObject().key("action").string("deliver").key("delivered").int(delivered).endObject());
 }
 
 /** Any hook: sets raw JSON as the output (for decisions the helpers do not cover). */

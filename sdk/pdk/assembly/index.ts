@@ -28,4 +28,6 @@ export {
   OK, DENIED, BAD_ARGUMENT, PENDING, FAILED, LIMIT, LogLevel, MetricKind,
   publish, log, kvGet, kvSet, kvDel, KvResult, fetch, FetchResult, metric, config,
 } from "./host";
-export { inputString, outputString, errorString, storeString, loadString } from "./extism";
+export { JsonView } from "./view";
+export { inputBytes, inputString, outputString, outputRaw, errorString } from "./io";
+export { storeString, loadString } from "./extism";

@@ -267,40 +267,111 @@ export function parse(src: string): Value | null {
   return p.pos == src.length ? v : null;
 }
 
-/** Builds JSON text. Call `key` before each member value inside an object. */
+/**
+ * Builds JSON as UTF-8 bytes in a growing buffer (no intermediate strings).
+ * Call `key` before each member value inside an object.
+ */
 export class Writer {
-  private parts: Array<string> = new Array<string>();
+  private buf: ArrayBuffer = new ArrayBuffer(256);
+  private len: i32 = 0;
   private first: Array<bool> = new Array<bool>();
   private afterKey: bool = false;
+
+  /** Address of the bytes written so far (valid until the next write). */
+  get ptr(): usize { return changetype<usize>(this.buf); }
+  /** Number of bytes written. */
+  get length(): i32 { return this.len; }
+
+  private ensure(n: i32): usize {
+    const need = this.len + n;
+    if (need > this.buf.byteLength) {
+      let cap = this.buf.byteLength << 1;
+      if (cap < need) cap = need;
+      const next = new ArrayBuffer(cap);
+      memory.copy(changetype<usize>(next), changetype<usize>(this.buf), <usize>this.len);
+      this.buf = next;
+    }
+    return changetype<usize>(this.buf) + <usize>this.len;
+  }
+
+  private byte(b: i32): void {
+    store<u8>(this.ensure(1), <u8>b);
+    this.len++;
+  }
+
+  /** Writes `s` as UTF-8; with `escape`, as the inside of a JSON string literal. */
+  private text(s: string, escape: bool): void {
+    const n = s.length;
+    const src = changetype<usize>(s);
+    // Worst case 6 bytes per code unit (\u00XX); reserve once.
+    let out = this.ensure(n * 6);
+    const begin = out;
+    for (let i = 0; i < n; i++) {
+      let c = <u32>load<u16>(src + (<usize>i << 1));
+      if (c < 0x80) {
+        if (escape && (c < 0x20 || c == 0x22 || c == 0x5c)) {
+          store<u8>(out++, 0x5c);
+          if (c == 0x22 || c == 0x5c) store<u8>(out++, <u8>c);
+          else if (c == 0x0a) store<u8>(out++, 0x6e);
+          else if (c == 0x0d) store<u8>(out++, 0x72);
+          else if (c == 0x09) store<u8>(out++, 0x74);
+          else {
+            store<u8>(out++, 0x75); store<u8>(out++, 0x30); store<u8>(out++, 0x30);
+            store<u8>(out++, <u8>hexDigit(c >> 4)); store<u8>(out++, <u8>hexDigit(c & 15));
+          }
+        } else store<u8>(out++, <u8>c);
+      } else if (c < 0x800) {
+        store<u8>(out++, <u8>(0xc0 | (c >> 6)));
+        store<u8>(out++, <u8>(0x80 | (c & 63)));
+      } else {
+        if ((c & 0xfc00) == 0xd800 && i + 1 < n) {
+          const d = <u32>load<u16>(src + (<usize>(i + 1) << 1));
+          if ((d & 0xfc00) == 0xdc00) {
+            c = 0x10000 + ((c & 0x3ff) << 10) + (d & 0x3ff);
+            store<u8>(out++, <u8>(0xf0 | (c >> 18)));
+            store<u8>(out++, <u8>(0x80 | ((c >> 12) & 63)));
+            store<u8>(out++, <u8>(0x80 | ((c >> 6) & 63)));
+            store<u8>(out++, <u8>(0x80 | (c & 63)));
+            i++;
+            continue;
+          }
+        }
+        if ((c & 0xf800) == 0xd800) c = 0xfffd; // a lone surrogate is not valid UTF-8
+        store<u8>(out++, <u8>(0xe0 | (c >> 12)));
+        store<u8>(out++, <u8>(0x80 | ((c >> 6) & 63)));
+        store<u8>(out++, <u8>(0x80 | (c & 63)));
+      }
+    }
+    this.len += <i32>(out - begin);
+  }
 
   private sep(): void {
     if (this.afterKey) { this.afterKey = false; return; }
     const n = this.first.length;
     if (n == 0) return;
     if (unchecked(this.first[n - 1])) unchecked(this.first[n - 1] = false);
-    else this.parts.push(",");
+    else this.byte(0x2c);
   }
 
-  beginObject(): Writer { this.sep(); this.parts.push("{"); this.first.push(true); return this; }
-  endObject(): Writer { this.first.pop(); this.parts.push("}"); return this; }
-  beginArray(): Writer { this.sep(); this.parts.push("["); this.first.push(true); return this; }
-  endArray(): Writer { this.first.pop(); this.parts.push("]"); return this; }
+  beginObject(): Writer { this.sep(); this.byte(0x7b); this.first.push(true); return this; }
+  endObject(): Writer { this.first.pop(); this.byte(0x7d); return this; }
+  beginArray(): Writer { this.sep(); this.byte(0x5b); this.first.push(true); return this; }
+  endArray(): Writer { this.first.pop(); this.byte(0x5d); return this; }
 
   key(k: string): Writer {
     this.sep();
-    this.parts.push(quote(k));
-    this.parts.push(":");
+    this.byte(0x22); this.text(k, true); this.byte(0x22); this.byte(0x3a);
     this.afterKey = true;
     return this;
   }
 
-  string(s: string): Writer { this.sep(); this.parts.push(quote(s)); return this; }
-  number(n: f64): Writer { this.sep(); this.parts.push(formatNumber(n)); return this; }
-  int(n: i64): Writer { this.sep(); this.parts.push(n.toString()); return this; }
-  bool(b: bool): Writer { this.sep(); this.parts.push(b ? "true" : "false"); return this; }
-  null(): Writer { this.sep(); this.parts.push("null"); return this; }
+  string(s: string): Writer { this.sep(); this.byte(0x22); this.text(s, true); this.byte(0x22); return this; }
+  number(n: f64): Writer { this.sep(); this.text(formatNumber(n), false); return this; }
+  int(n: i64): Writer { this.sep(); this.text(n.toString(), false); return this; }
+  bool(b: bool): Writer { this.sep(); this.text(b ? "true" : "false", false); return this; }
+  null(): Writer { this.sep(); this.text("null", false); return this; }
   /** Inserts already-serialised JSON. */
-  raw(json: string): Writer { this.sep(); this.parts.push(json); return this; }
+  raw(json: string): Writer { this.sep(); this.text(json, false); return this; }
 
   value(v: Value): Writer {
     switch (v.kind) {
@@ -321,8 +392,10 @@ export class Writer {
     }
   }
 
-  toString(): string { return this.parts.join(""); }
+  toString(): string { return String.UTF8.decodeUnsafe(changetype<usize>(this.buf), <usize>this.len); }
 }
+
+@inline function hexDigit(d: u32): u32 { return d < 10 ? 0x30 + d : 0x57 + d; }
 
 function formatNumber(n: f64): string {
   if (!isFinite(n)) return "null";
