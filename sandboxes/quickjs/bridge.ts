@@ -328,7 +328,7 @@ export class JsInstance implements SandboxInstance {
   async restart(): Promise<void> {
     if (this.#disposed) return;
     const vm = this.#vm;
-    if (vm) this.#discard(vm, new BextError('BEXT_ERR_PLUGIN_FAILED', `plugin "${this.#name}" was restarted while a call was in flight`));
+    if (vm) this.#discard(vm, (h) => new BextError('BEXT_ERR_PLUGIN_FAILED', `plugin "${this.#name}" ${h}: the instance was restarted while the call was in flight`));
     this.#broken = true;
     await this.#build();
   }
@@ -337,7 +337,7 @@ export class JsInstance implements SandboxInstance {
     if (this.#disposed) return;
     this.#disposed = true;
     const vm = this.#vm;
-    if (vm) this.#discard(vm, new BextError('BEXT_ERR_SHUTDOWN', `plugin "${this.#name}" was unloaded while a call was in flight`));
+    if (vm) this.#discard(vm, (h) => new BextError('BEXT_ERR_SHUTDOWN', `plugin "${this.#name}" ${h}: the plugin was unloaded while the call was in flight`));
   }
 
   // ---- calls -------------------------------------------------------------
@@ -402,6 +402,10 @@ export class JsInstance implements SandboxInstance {
     const msg = out.slice(1);
     if (tag === 35 /* # */ || LIMIT_MESSAGES.some((m) => msg.startsWith(m))) {
       throw this.#fault(vm, new VmFault('BEXT_ERR_SANDBOX_LIMIT', msg), hook);
+    }
+    // QuickJS rejects an async function's promise with its (uncatchable) interrupt.
+    if (msg.startsWith('InternalError: interrupted')) {
+      throw this.#fault(vm, new VmFault('BEXT_ERR_PLUGIN_TIMEOUT', `ran past its ${this.#spec.limits.timeoutMs} ms deadline and was interrupted`), hook);
     }
     throw new BextError('BEXT_ERR_PLUGIN_FAILED', `plugin "${this.#name}" ${hook} threw: ${msg}`, { details: { plugin: this.#name, hook } });
   }
@@ -519,22 +523,25 @@ export class JsInstance implements SandboxInstance {
 
   /** Converts what a VM threw into the error the kernel sees, and replaces the VM. */
   #fault(vm: EngineVm, e: unknown, hook: HookName | 'host call'): BextError {
-    const where = `plugin "${this.#name}" ${hook}`;
-    const err = e instanceof VmFault
-      ? new BextError(e.code, `${where}: ${e.message}; its sandbox instance was replaced`, { details: { plugin: this.#name, hook } })
-      : e instanceof BextError
-        ? e
-        : new BextError('BEXT_ERR_SANDBOX_LIMIT', `${where}: the sandbox failed (${(e as Error)?.message ?? String(e)}); its instance was replaced`, {
-            cause: e, details: { plugin: this.#name, hook },
-          });
+    const make = (h: string) => this.#faultError(e, h);
+    const err = make(hook);
     if (vm === this.#vm) {
-      this.#discard(vm, err);
+      this.#discard(vm, make);
       this.#broken = true;
     }
     return err;
   }
 
-  #discard(vm: EngineVm, err: BextError): void {
+  #faultError(e: unknown, hook: string): BextError {
+    const where = `plugin "${this.#name}" ${hook}`;
+    const details = { plugin: this.#name, hook };
+    if (e instanceof VmFault) return new BextError(e.code, `${where}: ${e.message}; its sandbox instance was replaced`, { details });
+    if (e instanceof BextError) return e;
+    return new BextError('BEXT_ERR_SANDBOX_LIMIT', `${where}: the sandbox failed (${(e as Error)?.message ?? String(e)}); its instance was replaced`, { cause: e, details });
+  }
+
+  /** Drops a VM and fails every call still waiting on it, each with an error naming its own hook. */
+  #discard(vm: EngineVm, errorFor: (hook: HookName) => BextError): void {
     this.#vm = null;
     try {
       vm.dispose();
@@ -546,7 +553,7 @@ export class JsInstance implements SandboxInstance {
     this.#pending.clear();
     for (const p of pending) {
       clearTimeout(p.timer);
-      p.reject(err.details?.hook === p.hook ? err : new BextError(err.code, `${err.message} (while ${p.hook} was waiting)`, { details: { plugin: this.#name, hook: p.hook } }));
+      p.reject(errorFor(p.hook));
     }
   }
 

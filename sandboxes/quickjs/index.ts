@@ -229,7 +229,8 @@ class QuickVm implements EngineVm {
     });
     const hostSync = ctx.newFunction('hostSync', (op, json) => ctx.newString(events.hostSync(ctx.getString(op), ctx.getString(json))));
     const hostDone = ctx.newFunction('hostDone', (id, out) => {
-      events.done(ctx.getNumber(id), ctx.getString(out));
+      // An async hook that ran out of memory rejects with whatever QuickJS managed to describe.
+      events.done(ctx.getNumber(id), this.#memExceeded ? `#${this.#memoryFault().message}` : ctx.getString(out));
     });
     const maxOut = ctx.newNumber(maxOutputChars(spec));
     let bridge: QuickJSHandle | undefined;

@@ -1,0 +1,4 @@
+import quickjs from '../../sandboxes/quickjs/index.js';
+import { hostileSuite } from '../../sandboxes/quickjs/hostile.js';
+
+hostileSuite(quickjs, 'quickjs');
