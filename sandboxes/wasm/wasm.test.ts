@@ -1,4 +1,5 @@
 import { cp, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -129,6 +130,17 @@ describe('fuel instrumentation', () => {
     const m = instrument(original);
     const a = withLimits(m, { fuel: 123_456_789, maxPages: 2 });
     expect(readFixedI32(a, m.fuelInitOffset + (a.length - m.bytes.length))).toBe(123_456_789);
+  });
+
+  it('turns a large real-world module (QuickJS, 1,400 functions) into valid WebAssembly', async () => {
+    const require = createRequire(import.meta.url);
+    const pkg = path.dirname(require.resolve('@jitl/quickjs-wasmfile-release-sync/package.json'));
+    const big = new Uint8Array(await readFile(path.join(pkg, 'dist', 'emscripten-module.wasm')));
+    const m = instrument(big);
+    expect(m.functions).toBeGreaterThan(1000);
+    expect(WebAssembly.validate(m.bytes as Uint8Array<ArrayBuffer>)).toBe(true);
+    // It imports its memory, which a bext plugin may not (the cap could not hold).
+    expect(() => withLimits(m, { fuel: 1, maxPages: 16 })).toThrow(/imports its memory/);
   });
 
   it('refuses what it cannot read, with the offset', () => {
@@ -345,6 +357,26 @@ describe('AssemblyScript PDK', () => {
   it('meters a compiled loop', async () => {
     const err = await rejection(() => onRequest({ path: '/spin' }));
     expect(err.message).toBe('plugin "pdk-guest" ran out of fuel (50000000 units) in onRequest');
+  });
+
+  it('calls a PDK guest synchronously, and defers a call that re-enters it from a host function', async () => {
+    const manifest = JSON.parse(await readFile(path.join(dir, 'bext-plugin.json'), 'utf8'));
+    let inner: unknown;
+    let second: SandboxInstance | null = null;
+    const host = {
+      ...rec.host,
+      publish: () => {
+        inner = hook(second!, 'onConnect')({ remoteAddress: '10.0.0.66', remotePort: 1, localPort: 2 });
+        return Promise.resolve(1);
+      },
+    };
+    second = await wasm.load({ manifest, dir, entryPath: path.join(dir, 'plugin.wasm'), host, grants: ['publish:custom/*'], limits: { timeoutMs: 1000, memoryMb: 8, fuel: 1_000_000, bodyBytes: 1 << 20 } });
+    const direct = hook(second, 'onRequest')(req({ path: '/publish' }));
+    expect(direct).toEqual({ action: 'continue', setHeaders: { 'x-publish': '0' } }); // a value, not a promise
+    expect(inner).toBeInstanceOf(Promise);
+    expect(await inner).toEqual({ action: 'reject', reason: 'blocked 1' });
+    await second.dispose();
+    expect(() => hook(second!, 'onRequest')(req())).toThrow(/was disposed/);
   });
 
   it('builds the template with buildWasmPlugin', async () => {

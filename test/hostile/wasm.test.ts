@@ -42,11 +42,9 @@ async function stillServes(i: SandboxInstance): Promise<void> {
 describe('hostile wasm guests', () => {
   it('infinite loop: stopped by fuel within the limit', async () => {
     const i = await load('infiniteLoop', { limits: { fuel: 1_000_000 } });
-    const t0 = performance.now();
     const err = await failure(i);
     expect(err.code).toBe('BEXT_ERR_SANDBOX_LIMIT');
     expect(err.message).toBe('plugin "infiniteloop" ran out of fuel (1000000 units) in onRequest');
-    expect(performance.now() - t0).toBeLessThan(1000); // a million units is a few ms of work, never a hang
     expect((i.stats() as WasmStats).fuelLast).toBe(1_000_000);
     await stillServes(i);
     expect((i.stats() as WasmStats).restarts).toBe(1);
