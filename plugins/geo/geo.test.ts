@@ -13,7 +13,9 @@ import plugin from './index.js';
 const HERE = new URL('.', import.meta.url).pathname;
 
 const manifest = JSON.parse(readFileSync(new URL('./bext-plugin.json', import.meta.url), 'utf8')) as Manifest;
-const COUNTRY_DB = '/work/shared/corpus/geo/GeoIP2-Country-Test.mmdb';
+// MaxMind's public test databases, in shared/ beside the repository.
+const CORPUS = new URL('../../../shared/corpus/geo/', import.meta.url).pathname;
+const COUNTRY_DB = join(CORPUS, 'GeoIP2-Country-Test.mmdb');
 // Addresses from GeoIP2-Country-Test.source.json.
 const GB = '81.2.69.142';
 const SE = '89.160.20.112';
@@ -60,7 +62,7 @@ describe('geo', () => {
 
   it('fails to load with the config key to fix when the database is missing or not an mmdb', async () => {
     await expect(load({ database: '/nonexistent/x.mmdb' })).rejects.toMatchObject({ code: 'BEXT_ERR_PLUGIN_LOAD', hint: expect.stringMatching(/plugins\.geo\.database/) });
-    await expect(load({ database: '/work/shared/corpus/geo/LICENSE-MIT' })).rejects.toMatchObject({ code: 'BEXT_ERR_PLUGIN_LOAD' });
+    await expect(load({ database: join(CORPUS, 'LICENSE-MIT') })).rejects.toMatchObject({ code: 'BEXT_ERR_PLUGIN_LOAD' });
   });
 
   it('reloads the database when the file is replaced, when asked to watch', async () => {
@@ -73,7 +75,7 @@ describe('geo', () => {
     // The country test database places this address in the US; the city test database does not know it.
     expect(await connect(p, '74.209.24.1')).toMatchObject({ action: 'reject' });
     // Replace the file the way updaters do: write beside it, then rename over it.
-    copyFileSync('/work/shared/corpus/geo/GeoIP2-City-Test.mmdb', join(dir, 'next.mmdb'));
+    copyFileSync(join(CORPUS, 'GeoIP2-City-Test.mmdb'), join(dir, 'next.mmdb'));
     renameSync(join(dir, 'next.mmdb'), db);
     await seen;
     expect(await connect(p, '74.209.24.1')).toBeUndefined();
