@@ -2,9 +2,14 @@
  * The behaviour both JavaScript sandbox kinds must show, as one vitest suite
  * run by `quickjs.test.ts` and `isolate.test.ts` against real plugin folders.
  */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { SandboxHost, SandboxInstance } from '../../plugin-api/index.js';
+import type { Manifest, SandboxHost, SandboxInstance } from '../../plugin-api/index.js';
 import { request, writePlugin, type TestPlugin } from './testing.js';
+
+const TEMPLATES = fileURLToPath(new URL('../../sdk/templates/', import.meta.url));
 
 export function jsSandboxSuite(host: SandboxHost, kind: 'quickjs' | 'isolate'): void {
   describe(`${kind} sandbox`, () => {
@@ -197,6 +202,18 @@ export function jsSandboxSuite(host: SandboxHost, kind: 'quickjs' | 'isolate'): 
       await inst.restart!();
       expect(inst.hooks.onRequest!(request() as never)).toEqual({ action: 'continue', ctx: { n: 1 } });
       expect(inst.stats().restarts).toBe(1);
+    });
+
+    it('runs the sdk template that `bext plugin new --sandbox ' + kind + '` copies', async () => {
+      const read = (f: string) => readFileSync(join(TEMPLATES, kind, f), 'utf8').replaceAll('__NAME__', 'tpl');
+      const manifest = JSON.parse(read('bext-plugin.json')) as Manifest;
+      expect(manifest.sandbox).toBe(kind);
+      const { inst, host } = await load(read('plugin.js'), {
+        manifest: { ...manifest, entry: 'plugin.js' }, grants: manifest.capabilities, limits: manifest.limits, config: { blockedAgents: ['BadBot'] },
+      });
+      expect(inst.hooks.onRequest!(request() as never)).toEqual({ action: 'continue', responseHeaders: { 'x-tpl': 'seen' } });
+      expect(inst.hooks.onRequest!(request({ headers: { 'user-agent': 'BadBot/2' } }) as never)).toMatchObject({ action: 'respond', status: 403 });
+      await expect.poll(() => host.published).toEqual([{ topic: 'custom/tpl/blocked', data: { path: '/hello', agent: 'BadBot/2' } }]);
     });
 
     it('refuses calls after dispose', async () => {
