@@ -279,6 +279,13 @@ describe('AssemblyScript PDK', () => {
     });
   });
 
+  it('decodes escaped, non-ASCII and repeated header values from the input bytes', async () => {
+    const ua = 'agent "quoted" \\ back\\slash \u00e9\u2713 \u{1F600} and a long tail to cross several eight-byte words';
+    const out = (await onRequest({ path: '/x', headers: { 'user-agent': [ua, 'second'], 'x-\u00e9': 'k' } })) as { setHeaders: Record<string, string> };
+    expect(out.setHeaders['x-ua']).toBe(ua);
+    expect(out.setHeaders['x-headers']).toBe('2');
+  });
+
   it('responds, passes and fails', async () => {
     expect(await onRequest({ path: '/respond' })).toEqual({ action: 'respond', status: 418, headers: { 'x-a': 'b' }, body: 'teapot' });
     expect(await onRequest({ path: '/pass' })).toBeUndefined();

@@ -16,16 +16,28 @@ function skipWs(base: usize, p: i32, end: i32): i32 {
   return p;
 }
 
+const ONES: u64 = 0x0101010101010101;
+const HIGHS: u64 = 0x8080808080808080;
+
 /** `p` at an opening quote; returns the offset after the closing quote, or -1. */
 function skipString(base: usize, p: i32, end: i32): i32 {
   p++;
   while (p < end) {
+    // Eight bytes at a time: the lowest byte equal to '"' or '\\' stops the scan.
+    while (p + 8 <= end) {
+      const x = load<u64>(base + <usize>p);
+      const q = x ^ 0x2222222222222222;
+      const b = x ^ 0x5c5c5c5c5c5c5c5c;
+      const m = ((q - ONES) & ~q & HIGHS) | ((b - ONES) & ~b & HIGHS);
+      if (m != 0) { p += <i32>(ctz(m) >> 3); break; }
+      p += 8;
+    }
+    if (p >= end) return -1;
     const c = at(base, p);
     if (c == 0x22) return p + 1;
-    if (c == 0x5c) p += 2;
-    else p++;
+    p += c == 0x5c ? 2 : 1;
   }
-  return -1;
+  return -1; // unreachable: the loop returns
 }
 
 /** Returns the offset after the value starting at `p`, or -1. */
