@@ -1,0 +1,139 @@
+/**
+ * JavaScript sandboxes: µs per onRequest call (method, path, 6 headers) in
+ * the `quickjs` and `isolate` kinds against the same hook as a trusted JS
+ * function, interleaved in one run; then the memory and cold start of
+ * QuickJS tenant instances (every tenant its own runtime + context).
+ * Targets: quickjs ≤ 15 µs, isolate ≤ 6 µs per call; 10,000 QuickJS tenants
+ * ≤ 1 GB RSS; cold start of one tenant ≤ 2 ms.
+ *
+ * `npx tsx bench/sandboxes-js.ts` (BENCH_ROUNDS, BENCH_CALLS, BENCH_TENANTS to change the size).
+ */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { DEFAULT_LIMITS, type LoadSpec, type Manifest, type RequestData, type SandboxHost, type SandboxInstance } from '../plugin-api/index.js';
+import isolate from '../sandboxes/isolate/index.js';
+import quickjs from '../sandboxes/quickjs/index.js';
+import { testHost } from '../sandboxes/quickjs/testing.js';
+
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
+const CALLS = Number(process.env.BENCH_CALLS ?? 20000);
+const TENANTS = Number(process.env.BENCH_TENANTS ?? 10000);
+
+const guest = `
+export function onRequest(req) {
+  const h = req.headers;
+  if (req.method === 'POST' && !h['content-type']) return { action: 'respond', status: 415 };
+  if (req.path.startsWith('/admin') && !h.authorization) return { action: 'respond', status: 401 };
+  return { action: 'continue', setHeaders: { 'x-client': String(h['user-agent'] ?? '').slice(0, 16) } };
+}
+export async function onRender(req) {
+  return { status: 200, headers: { 'content-type': 'text/plain' }, body: 'hello ' + req.path };
+}
+`;
+
+function trustedOnRequest(req: RequestData) {
+  const h = req.headers;
+  if (req.method === 'POST' && !h['content-type']) return { action: 'respond', status: 415 };
+  if (req.path.startsWith('/admin') && !h.authorization) return { action: 'respond', status: 401 };
+  return { action: 'continue', setHeaders: { 'x-client': String(h['user-agent'] ?? '').slice(0, 16) } };
+}
+
+const req: RequestData = {
+  id: '1', method: 'GET', path: '/api/items/42', query: 'page=2', host: 'example.com', remoteAddress: '10.0.0.1',
+  scheme: 'http', httpVersion: '1.1', ctx: {},
+  headers: {
+    host: 'example.com',
+    'user-agent': 'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36',
+    accept: 'text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8',
+    'accept-encoding': 'gzip, deflate, br',
+    'accept-language': 'en-US,en;q=0.9',
+    cookie: 'sid=4f9a1c2e8b; theme=dark',
+  },
+};
+
+const dir = await mkdtemp(path.join(tmpdir(), 'bext-bench-js-'));
+const entryPath = path.join(dir, 'plugin.js');
+await writeFile(entryPath, guest);
+const spec = (kind: 'quickjs' | 'isolate', name = 'bench'): LoadSpec => {
+  const manifest: Manifest = { name, version: '1.0.0', sandbox: kind, entry: 'plugin.js', hooks: { onRequest: {} }, needs: ['method', 'path', 'headers'] };
+  return { manifest, dir, entryPath, host: testHost(name, []), grants: [], limits: { ...DEFAULT_LIMITS } };
+};
+
+const hosts: Record<'quickjs' | 'isolate', SandboxHost> = { quickjs, isolate };
+const insts: Record<string, SandboxInstance> = {};
+for (const kind of ['quickjs', 'isolate'] as const) insts[kind] = await hosts[kind].load(spec(kind));
+
+const expected = JSON.stringify(trustedOnRequest(req));
+for (const kind of ['quickjs', 'isolate']) {
+  const got = JSON.stringify(insts[kind]!.hooks.onRequest!(req as never));
+  if (got !== expected) throw new Error(`${kind} and trusted disagree: ${got} vs ${expected}`);
+}
+
+type Variant = { name: string; async?: boolean; run: () => unknown };
+const variants: Variant[] = [
+  { name: 'trusted JS function', run: () => trustedOnRequest(req) },
+  { name: 'quickjs hook', run: () => insts.quickjs!.hooks.onRequest!(req as never) },
+  { name: 'isolate hook', run: () => insts.isolate!.hooks.onRequest!(req as never) },
+  { name: 'quickjs async hook', async: true, run: () => insts.quickjs!.hooks.onRender!(req as never, async () => ({ status: 404 })) },
+  { name: 'isolate async hook', async: true, run: () => insts.isolate!.hooks.onRender!(req as never, async () => ({ status: 404 })) },
+];
+
+async function measure(v: Variant): Promise<number> {
+  const n = v.async ? Math.ceil(CALLS / 5) : CALLS;
+  const t = performance.now();
+  if (v.async) for (let i = 0; i < n; i++) await v.run();
+  else for (let i = 0; i < n; i++) v.run();
+  return ((performance.now() - t) * 1000) / n;
+}
+
+for (const v of variants) await measure(v); // warm up every path before timing any
+const samples = new Map<string, number[]>(variants.map((v) => [v.name, []]));
+for (let r = 0; r < ROUNDS; r++) for (const v of variants) samples.get(v.name)!.push(await measure(v));
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const us = Object.fromEntries([...samples].map(([k, xs]) => [k, median(xs)]));
+
+console.log(`${ROUNDS} rounds × ${CALLS} calls (async: ${Math.ceil(CALLS / 5)}), median µs per call:`);
+for (const v of variants) console.log(`  ${v.name.padEnd(24)} ${us[v.name]!.toFixed(2).padStart(8)} µs`);
+const base = us['trusted JS function']!;
+for (const [kind, target] of [['quickjs', 15], ['isolate', 6]] as const) {
+  const u = us[`${kind} hook`]!;
+  console.log(`  ${kind} / trusted: ${(u / base).toFixed(0)}×   ${kind} hook ${u.toFixed(2)} µs (target ≤ ${target} µs) ${u <= target ? 'OK' : 'OVER'}`);
+}
+for (const kind of ['quickjs', 'isolate']) {
+  const s = insts[kind]!.stats();
+  console.log(`  ${kind} instance: ${((s.memoryBytes ?? 0) / 1024).toFixed(0)} KiB in the engine after ${s.calls} calls`);
+  await insts[kind]!.dispose();
+}
+
+// ---- QuickJS tenants -----------------------------------------------------
+const gc = (globalThis as { gc?: () => void }).gc;
+gc?.();
+const rss0 = process.memoryUsage().rss;
+const tenants: SandboxInstance[] = [];
+const coldMs: number[] = [];
+for (let i = 0; i < TENANTS; i++) {
+  const t = performance.now();
+  tenants.push(await quickjs.load(spec('quickjs', `tenant-${i}`)));
+  coldMs.push(performance.now() - t);
+}
+gc?.();
+const rss1 = process.memoryUsage().rss;
+// Every tenant still answers.
+for (const t of [tenants[0]!, tenants[TENANTS >> 1]!, tenants[TENANTS - 1]!]) {
+  if (JSON.stringify(t.hooks.onRequest!(req as never)) !== expected) throw new Error('a tenant answered wrongly');
+}
+coldMs.sort((a, b) => a - b);
+const deltaMb = (rss1 - rss0) / 1048576;
+const perKb = ((rss1 - rss0) / TENANTS) / 1024;
+const p50 = coldMs[Math.floor(coldMs.length / 2)]!;
+const p99 = coldMs[Math.floor(coldMs.length * 0.99)]!;
+console.log(`\n${TENANTS} QuickJS tenant instances${gc ? '' : ' (run with --expose-gc for steadier RSS)'}:`);
+console.log(`  RSS delta ${deltaMb.toFixed(0)} MiB, ${perKb.toFixed(1)} KiB per tenant; engine-reported ${((tenants[0]!.stats().memoryBytes ?? 0) / 1024).toFixed(0)} KiB per runtime`);
+console.log(`  projected for 10,000: ${((perKb * 10000) / 1024).toFixed(0)} MiB (target ≤ 1024 MiB) ${perKb * 10000 <= 1024 * 1024 ? 'OK' : 'OVER'}`);
+console.log(`  cold start p50 ${p50.toFixed(2)} ms, p99 ${p99.toFixed(2)} ms (target p50 ≤ 2 ms) ${p50 <= 2 ? 'OK' : 'OVER'}`);
+const tDispose = performance.now();
+for (const t of tenants) await t.dispose();
+console.log(`  disposed all in ${(performance.now() - tDispose).toFixed(0)} ms`);
+
+await rm(dir, { recursive: true, force: true });
