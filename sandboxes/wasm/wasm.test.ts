@@ -234,6 +234,11 @@ describe('wasm sandbox', () => {
     await expect(wasm.load(spec)).rejects.toMatchObject({ code: 'BEXT_ERR_PLUGIN_HOOK_MISSING' });
   });
 
+  it('meters the start function too: a module that loops at instantiation fails to load', async () => {
+    const spec = await guestSpec(await wat2wasm(guestWat('(func $spin (loop $l (br $l))) (start $spin)')), { limits: { fuel: 10_000 } });
+    await expect(wasm.load(spec)).rejects.toMatchObject({ code: 'BEXT_ERR_PLUGIN_LOAD', hint: expect.stringContaining('ran out of fuel') });
+  });
+
   it('refuses a file that is not WebAssembly', async () => {
     const spec = await guestSpec(new TextEncoder().encode('not wasm at all'));
     await expect(wasm.load(spec)).rejects.toMatchObject({ code: 'BEXT_ERR_PLUGIN_LOAD' });
