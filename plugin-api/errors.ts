@@ -29,6 +29,10 @@ export const ERRORS = {
   BEXT_ERR_SANDBOX_LIMIT: { status: 503, message: 'a sandboxed plugin hit its memory, fuel or stack limit' },
   BEXT_ERR_FETCH_DENIED: { status: 403, message: 'an outbound fetch went to a host that is not allowed' },
   BEXT_ERR_TOPIC_INVALID: { status: 400, message: 'a topic name is invalid' },
+  BEXT_ERR_PROXY_UNAVAILABLE: { status: 503, message: 'no upstream member can take the request' },
+  BEXT_ERR_PROXY_BAD_GATEWAY: { status: 502, message: 'the upstream failed to answer' },
+  BEXT_ERR_PROXY_TIMEOUT: { status: 504, message: 'the upstream did not answer in time' },
+  BEXT_ERR_WAF_BLOCKED: { status: 403, message: 'the web application firewall blocked the request' },
   BEXT_ERR_SHUTDOWN: { status: 503, message: 'the server is shutting down' },
   BEXT_ERR_CLI_USAGE: { status: 0, message: 'the command line is wrong' },
 } as const;
