@@ -13,6 +13,7 @@ export * from './host.js';
 export * from './sandbox.js';
 export * from './match.js';
 export * from './project.js';
+export * from './encoding.js';
 
 /** What a plugin's factory returns: its hooks, and optionally a dispose step. */
 export type PluginInstance = PluginHooks & {
