@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import ipaddr from 'ipaddr.js';
 import { decodeJwt } from 'jose';
-import { compileMatch, definePlugin, type Headers, type MatchFn, type MatchSpec, type RequestDecision, type TrustedRequest } from '../../plugin-api/index.js';
+import { BextError, compileMatch, definePlugin, type Headers, type MatchFn, type MatchSpec, type RequestDecision, type TrustedRequest } from '../../plugin-api/index.js';
 import { TokenBuckets, type Bucket } from '../../plugin-api/bucket.js';
 import { cidrSet, clientAddress, parseAddress } from '../../plugin-api/net.js';
 import { RedisStore } from './redis-store.js';
@@ -120,6 +120,12 @@ export default definePlugin(async (host) => {
     };
   };
 
+  const seenNames = new Set<string>();
+  cfg.rules.forEach((r, i) => {
+    // Names key the shared buckets in Redis: two rules of one name would silently share a budget.
+    if (seenNames.has(r.name)) throw new BextError('BEXT_ERR_CONFIG_INVALID', `bext.config.json: $.plugins.ratelimit.rules[${i}].name: "${r.name}" is already the name of an earlier rule`, { hint: 'give every rule its own name' });
+    seenNames.add(r.name);
+  });
   const rules: Rule[] = cfg.rules.map((r) => {
     const capacity = r.burst ?? r.limit;
     const perSecond = r.limit / r.windowSeconds;

@@ -140,6 +140,10 @@ describe('ratelimit in memory', () => {
     expect(p.onRequest!(req({ remoteAddress: '10.0.0.2', headers: { 'x-forwarded-for': '198.51.100.1' } }))).toMatchObject({ status: 429 });
   });
 
+  it('refuses two rules with one name', async () => {
+    await expect(load({ rules: [{ name: 'a', limit: 1, windowSeconds: 1 }, { name: 'a', limit: 2, windowSeconds: 1 }] })).rejects.toThrow(/rules\[1\]\.name: "a" is already the name/);
+  });
+
   it('sends no headers on passing requests when told not to', async () => {
     const p = await load({ rules: [{ name: 'ip', limit: 1, windowSeconds: 60 }], headers: false });
     expect(p.onRequest!(req())).toBeUndefined();
