@@ -1,0 +1,81 @@
+/**
+ * The normalised forms ("views") of one inspected value. Each is computed on
+ * first use and cached, so a value that no rule looks at twice costs one
+ * decode at most.
+ */
+import { deepDecode } from './decode.js';
+import type { SqlCache } from './sqli.js';
+
+/** Names of the views a rule can match against. */
+export type ViewName = 'dec' | 'sh' | 'js' | 'fs';
+
+const SHELL_QUOTES = /[\\'"^]/g;
+const IFS = /\$\{?ifs\}?/g;
+const EMPTY_EXPANSION = /\$(?:[\d@*]|\{\s*\})/g;
+const HSPACE = /[ \t\v\f\u00a0]+/g;
+const SHORT_TAG = /<\/?[a-z]{1,10}>/g;
+const CONCAT = /(['"`])\s*[+&]?\s*\1/g;
+
+export class Views {
+  #dec?: string;
+  #sh?: string;
+  #js?: string;
+  #fs?: string;
+  /** Token lists for the SQL detectors. */
+  readonly sql: SqlCache = [];
+
+  /** @param raw the value as extracted (query and form values already form-decoded once). */
+  constructor(readonly raw: string) {}
+
+  /** Fully decoded (URL, entities, JS escapes, Unicode folding), lower-cased. */
+  get dec(): string {
+    return (this.#dec ??= deepDecode(this.raw).toLowerCase());
+  }
+
+  /**
+   * Shell reading: quotes, backslashes and carets removed (`c'a't` is `cat`),
+   * `$IFS` as a space, empty expansions (`$9`, `$@`) dropped, blanks folded.
+   */
+  get sh(): string {
+    if (this.#sh === undefined) {
+      let s = this.dec;
+      if (s.indexOf('$') !== -1) s = s.replace(IFS, ' ').replace(EMPTY_EXPANSION, '');
+      this.#sh = s.replace(SHELL_QUOTES, '').replace(HSPACE, ' ');
+    }
+    return this.#sh;
+  }
+
+  /**
+   * Script reading: string concatenations joined (`'ale'+'rt'` is `'alert'`)
+   * and short tags a sanitiser would strip removed (`al<x>ert`).
+   */
+  get js(): string {
+    if (this.#js === undefined) {
+      let s = this.dec;
+      if (s.indexOf('<') !== -1) s = s.replace(SHORT_TAG, '');
+      if (/['"`]/.test(s)) s = s.replace(CONCAT, '');
+      this.#js = s;
+    }
+    return this.#js;
+  }
+
+  /** File-path reading: backslashes as slashes, `/./` and repeated slashes folded. */
+  get fs(): string {
+    if (this.#fs === undefined) {
+      let s = this.dec;
+      if (s.indexOf('\\') !== -1) s = s.replace(/\\/g, '/');
+      if (s.indexOf('/') !== -1) s = s.replace(/\/(?:\.?\/)+/g, '/');
+      this.#fs = s;
+    }
+    return this.#fs;
+  }
+
+  get(name: ViewName): string {
+    switch (name) {
+      case 'dec': return this.dec;
+      case 'sh': return this.sh;
+      case 'js': return this.js;
+      case 'fs': return this.fs;
+    }
+  }
+}
