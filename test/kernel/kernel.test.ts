@@ -101,9 +101,9 @@ globalThis.__sink = [];
 export default () => ({ onPublish(m) { globalThis.__sink.push(m); return { action: 'deliver', delivered: 3 }; } });`);
     const b = await start({ plugins: [pub, xf, sink] });
     expect(await (await fetch(`${b.url}/pub?x`)).text()).toBe('3');
-    expect((globalThis as Record<string, unknown[]>).__sink).toEqual([{ topic: 'custom/x', data: { v: 1, seen: true }, publisher: 'pub' }]);
+    expect((globalThis as unknown as Record<string, unknown[]>).__sink).toEqual([{ topic: 'custom/x', data: { v: 1, seen: true }, publisher: 'pub' }]);
     expect(await (await fetch(`${b.url}/pub?drop`)).text()).toBe('0');
-    expect((globalThis as Record<string, unknown[]>).__sink).toHaveLength(1);
+    expect((globalThis as unknown as Record<string, unknown[]>).__sink).toHaveLength(1);
   });
 });
 
@@ -156,7 +156,7 @@ describe('failure handling', () => {
     plugin(name, { hooks: { onRequest: {} }, failMode, ...extra }, `
 globalThis.__fail ??= {};
 export default () => ({ onRequest() { if (globalThis.__fail[${JSON.stringify(name)}]) throw 42; } });`);
-  const setFail = (n: string, v: boolean) => (((globalThis as Record<string, Record<string, boolean>>).__fail ??= {})[n] = v);
+  const setFail = (n: string, v: boolean) => (((globalThis as unknown as Record<string, Record<string, boolean>>).__fail ??= {})[n] = v);
 
   it('fails open: a throwing hook is skipped and counted', async () => {
     setFail('open-thrower', true);
