@@ -366,7 +366,7 @@ export function createHostFunctions(state: HostState): HostFunctions {
 function readAsString(memory: WebAssembly.Memory | null, ptr: number): string | null {
   if (!memory || !ptr || ptr < 4) return null;
   const buf = memory.buffer;
-  if (ptr + 0 > buf.byteLength) return null;
+  if (ptr > buf.byteLength) return null;
   const len = new DataView(buf).getUint32(ptr - 4, true);
   if (len > 4096 || ptr + len > buf.byteLength || len % 2 !== 0) return null;
   return Buffer.from(buf, ptr, len).toString('utf16le');
