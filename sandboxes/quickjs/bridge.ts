@@ -211,6 +211,16 @@ const LEVELS = new Set<LogLevel>(['trace', 'debug', 'info', 'warn', 'error']);
 const METRIC_KINDS = new Set<MetricKind>(['counter', 'gauge', 'histogram']);
 const LIMIT_MESSAGES = ['InternalError: out of memory', 'InternalError: stack overflow', 'RangeError: Maximum call stack size exceeded'];
 
+const projectors = new Map<string, Projector>();
+
+/** Projectors are pure functions of `needs`: tenants of one plugin share one. */
+function projectorFor(needs: LoadSpec['manifest']['needs']): Projector {
+  const key = needs ? needs.join('\u0000') : '\u0001default';
+  let p = projectors.get(key);
+  if (!p) projectors.set(key, (p = makeProjector(needs)));
+  return p;
+}
+
 const dropProto = (k: string, v: unknown) => (k === '__proto__' ? undefined : v);
 
 /** Parses guest JSON; a `__proto__` key is dropped so no later Object.assign can re-parent a host object. */
@@ -280,9 +290,10 @@ export class JsInstance implements SandboxInstance {
   readonly #sources: ModuleSources;
   readonly #name: string;
   readonly #proj: Projector;
-  readonly #pending = new Map<number, Pending>();
+  // Created on first use: most hooks are sync, and every tenant instance counts.
+  #pendingMap: Map<number, Pending> | null = null;
   /** Answers that arrived before their call was registered (an isolate may run continuations before applySync returns). */
-  readonly #early = new Map<number, string>();
+  #earlyMap: Map<number, string> | null = null;
   #vm: EngineVm | null;
   #building: Promise<EngineVm> | null = null;
   #broken = false;
@@ -294,7 +305,7 @@ export class JsInstance implements SandboxInstance {
     this.#spec = spec;
     this.#sources = sources;
     this.#name = spec.manifest.name;
-    this.#proj = makeProjector(spec.manifest.needs);
+    this.#proj = projectorFor(spec.manifest.needs);
     this.#vm = null;
     this.hooks = {};
   }
@@ -364,7 +375,7 @@ export class JsInstance implements SandboxInstance {
 
   #call(hook: HookName, json: string): unknown {
     const vm = this.#vm;
-    if (vm === null || (vm.stale && this.#pending.size === 0)) {
+    if (vm === null || (vm.stale && (this.#pendingMap?.size ?? 0) === 0)) {
       if (this.#disposed) throw new BextError('BEXT_ERR_SHUTDOWN', `plugin "${this.#name}" is unloaded`);
       if (vm) this.#retireIdle(vm);
       const built = this.#build();
@@ -411,9 +422,9 @@ export class JsInstance implements SandboxInstance {
   }
 
   #awaitAnswer(vm: EngineVm, hook: HookName, id: number): Promise<unknown> {
-    const early = this.#early.get(id);
+    const early = this.#earlyMap?.get(id);
     if (early !== undefined) {
-      this.#early.delete(id);
+      this.#earlyMap!.delete(id);
       try {
         return Promise.resolve(this.#decode(vm, hook, early));
       } catch (e) {
@@ -423,24 +434,24 @@ export class JsInstance implements SandboxInstance {
     return new Promise((resolve, reject) => {
       const ms = this.#spec.limits.timeoutMs;
       const timer = setTimeout(() => {
-        if (this.#vm !== vm || !this.#pending.has(id)) return;
+        if (this.#vm !== vm || !this.#pendingMap?.has(id)) return;
         this.#stats.errors++;
         this.#fault(vm, new VmFault('BEXT_ERR_PLUGIN_TIMEOUT', `did not answer within its ${ms} ms deadline`), hook);
       }, ms);
       timer.unref();
-      this.#pending.set(id, { hook, resolve, reject, timer });
+      (this.#pendingMap ??= new Map()).set(id, { hook, resolve, reject, timer });
       this.#run(vm, hook, () => vm.drain());
     });
   }
 
   #done(vm: EngineVm, id: number, out: string): void {
     if (vm !== this.#vm) return;
-    const p = this.#pending.get(id);
+    const p = this.#pendingMap?.get(id);
     if (p === undefined) {
-      this.#early.set(id, out);
+      (this.#earlyMap ??= new Map()).set(id, out);
       return;
     }
-    this.#pending.delete(id);
+    this.#pendingMap!.delete(id);
     clearTimeout(p.timer);
     try {
       p.resolve(this.#decode(vm, p.hook, out));
@@ -548,9 +559,9 @@ export class JsInstance implements SandboxInstance {
     } catch {
       // The VM is already unusable; its engine records what went wrong.
     }
-    this.#early.clear();
-    const pending = [...this.#pending.values()];
-    this.#pending.clear();
+    this.#earlyMap = null;
+    const pending = [...(this.#pendingMap?.values() ?? [])];
+    this.#pendingMap = null;
     for (const p of pending) {
       clearTimeout(p.timer);
       p.reject(errorFor(p.hook));

@@ -117,6 +117,8 @@ function isNativeEscape(e: unknown): boolean {
   return e instanceof RangeError || e instanceof WebAssembly.RuntimeError || (e instanceof Error && e.message.startsWith('Aborted('));
 }
 
+const HOOK_INDEX = Object.fromEntries(HOOK_NAMES.map((h, i) => [h, i])) as Record<HookName, number>;
+
 /** The parts of quickjs-emscripten 0.31 the hot path calls directly, skipping per-call handle objects. */
 interface RawFfi {
   QTS_NewString(ctx: number, str: number): number;
@@ -147,7 +149,7 @@ class QuickVm implements EngineVm {
   readonly #home: WasmHome;
   readonly #rt: QuickJSRuntime;
   readonly #ctx: QuickJSContext;
-  readonly #fns = new Map<HookName, QuickJSHandle>();
+  readonly #fns: QuickJSHandle[] = [];
   #settleFn: QuickJSHandle | null = null;
   readonly #timeoutMs: number;
   #deadline = 0;
@@ -165,7 +167,8 @@ class QuickVm implements EngineVm {
   readonly #raw: RawContext;
   readonly #argv: number;
   readonly #undefinedPtr: number;
-  readonly #fnPtrs = new Map<HookName, number>();
+  /** Function pointer per hook, by index in HOOK_NAMES. */
+  readonly #fnPtrs: number[] = [];
 
   constructor(h: WasmHome, spec: LoadSpec, sources: ModuleSources, events: VmEvents) {
     this.#home = h;
@@ -235,7 +238,8 @@ class QuickVm implements EngineVm {
     const maxOut = ctx.newNumber(maxOutputChars(spec));
     let bridge: QuickJSHandle | undefined;
     try {
-      const prelude = this.#unwrap(ctx.evalCode(GUEST_PRELUDE, 'bext:prelude.js'), 'the prelude');
+      // Stripped: the prelude's source and line tables would cost every tenant ~6 KB.
+      const prelude = this.#unwrap(ctx.evalCode(GUEST_PRELUDE, 'bext:prelude.js', { strip: true }), 'the prelude');
       try {
         bridge = this.#unwrap(ctx.callFunction(prelude, ctx.undefined, hostCall, hostSync, hostDone, maxOut), 'the prelude');
       } finally {
@@ -267,14 +271,14 @@ class QuickVm implements EngineVm {
     } finally {
       link.dispose();
     }
-    for (const hook of HOOK_NAMES) {
+    HOOK_NAMES.forEach((hook, i) => {
       const fn = ctx.getProp(table, hook);
       if (ctx.typeof(fn) === 'function') {
-        this.#fns.set(hook, fn);
-        this.#fnPtrs.set(hook, fn.value as unknown as number);
+        this.#fns.push(fn);
+        this.#fnPtrs[i] = fn.value as unknown as number;
         this.hooks.push(hook);
       } else fn.dispose();
-    }
+    });
     table.dispose();
     this.#lastUsage = this.memoryBytes();
   }
@@ -427,7 +431,7 @@ class QuickVm implements EngineVm {
     this.#deadline = performance.now() + this.#timeoutMs;
     let out: string;
     try {
-      out = this.#enter(() => this.#callRaw(this.#fnPtrs.get(hook)!, json));
+      out = this.#enter(() => this.#callRaw(this.#fnPtrs[HOOK_INDEX[hook]]!, json));
     } catch (e) {
       throw this.#escape(e);
     }
@@ -484,7 +488,7 @@ class QuickVm implements EngineVm {
     if (this.#poisoned || this.#home.retired) return;
     try {
       this.#raw.module._free(this.#argv);
-      for (const fn of this.#fns.values()) fn.dispose();
+      for (const fn of this.#fns) fn.dispose();
       this.#settleFn?.dispose();
       this.#ctx.dispose();
       this.#rt.dispose();
