@@ -208,8 +208,14 @@ const B64_CANDIDATE = /^[A-Za-z0-9+/_ -]{8,}={0,2}$/;
 const BINARY_MIME = /^(?:image|audio|video|font)\/|^application\/(?:octet-stream|pdf|zip|gzip|x-gzip|x-tar|x-7z-compressed|vnd\.|msword|wasm|x-protobuf|protobuf|grpc)/;
 const HEADER_CACHE_MAX = 4096;
 
+/** Engine switches for tests and benchmarks. */
+export interface WafOptions {
+  /** Skip the pre-filter and the clean-header cache: every value takes the full inspection. Default true. */
+  prefilter?: boolean;
+}
+
 /** Creates a WAF engine from a (partial) configuration. */
-export function createWaf(input: Partial<WafConfig> = {}): Waf {
+export function createWaf(input: Partial<WafConfig> = {}, options: WafOptions = {}): Waf {
   const config = resolveConfig(input);
   const pl = config.paranoia;
   const threshold = config.thresholds[String(pl) as '1'];
@@ -242,7 +248,8 @@ export function createWaf(input: Partial<WafConfig> = {}): Waf {
       }
     } else gates.push(...r.pre);
   }
-  const prefilter = new Prefilter(gates);
+  const prefilter = options.prefilter === false ? { needs: (_v: string) => true } : new Prefilter(gates);
+  const useHeaderCache = options.prefilter !== false;
 
   /** Values of non-skipped headers found clean, per header name. */
   const headerCache = new Map<string, Set<string>>();
@@ -396,7 +403,7 @@ export function createWaf(input: Partial<WafConfig> = {}): Waf {
   }
 
   function header(name: string, v: string): void {
-    let cache = headerCache.get(name);
+    let cache = useHeaderCache ? headerCache.get(name) : undefined;
     if (cache?.has(v)) return;
     let hit = false;
     if (name === 'cookie') {
@@ -415,7 +422,7 @@ export function createWaf(input: Partial<WafConfig> = {}): Waf {
       }
       hit = value(name === 'user-agent' ? W.HEADER | W.UA : W.HEADER, 'header', name, u);
     }
-    if (!hit && !stopped) {
+    if (!hit && !stopped && useHeaderCache) {
       if (headerCacheSize >= HEADER_CACHE_MAX) {
         headerCache.clear();
         headerCacheSize = 0;

@@ -131,15 +131,17 @@ const WIN_FIRST = [
 ];
 /** First words of data-changing SQL statements (rule 2110). */
 const SQL_STATEMENTS_FIRST = ['insert', 'delete', 'update', 'drop', 'truncate', 'alter', 'create', 'shutdown', 'grant'];
-const DOM_CONFIRM = /\b(?:self|top|parent)\s{0,8}(?:\??\.\s{0,8}|\[)(?:cookie|domain|location|write|writeln|opener|eval|localstorage|sessionstorage|documentelement)\b/i;
+const DOM_CONFIRM = /\b(?:self|top|parent)\s{0,8}\??\.\s{0,8}(?:cookie|domain|location|write|writeln|opener|eval|localstorage|sessionstorage)\b/i;
 /** Separators after which the shell starts a new command. */
 const SEP = String.raw`(?:[;&|\n\r\`{]|\$\(|<\(|>\()`;
 /** The same without line breaks: a line of text may well start with a word like `python`. */
 const SEP_INLINE = String.raw`(?:[;&|\`{]|\$\(|<\(|>\()`;
 /** A command name, optionally with its directory (`/usr/bin/wget`). */
-const cmd = (list: readonly string[]): string => String.raw`(?:[\w.~-]{0,64}\/){0,8}(?:${alt(list)})(?![\w-])`;
+const cmd = (list: readonly string[]): string => String.raw`(?:[\w.~-]{0,64}\/){0,8}(?:${alt(list)})(?=$|[\s;|&<>()\`'"$\\])`;
+/** Brace expansion runs its first word as a command: `{cat,/etc/passwd}`. */
+const braceCmd = (list: readonly string[]): string => String.raw`\{\s{0,8}(?:[\w.~-]{0,64}\/){0,8}(?:${alt(list)}),`;
 /** What a shell argument looks like, as opposed to an English word. */
-const SHELL_ARG = String.raw`(?:\s{1,8}(?:-{1,2}[a-z0-9]|\/[a-z.]|~\/|\.{1,2}\/|\$|\`|[<>|;&*]|['"]|[\w.-]{1,64}\/[\w.]|(?:https?|ftp):|\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})|\s{0,8}(?:[|;&<>\`]|\$\())`;
+const SHELL_ARG = String.raw`(?:\s{1,8}(?:-{1,2}[a-z0-9]|\/[a-z.]|~\/|\.{1,2}\/|\$|\`|[<>|;&*]|['"]|[\w.-]{1,64}\/[\w.]|(?:https?|ftp):|\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})|\s{0,8}(?:[|;&<>\`)]|\$\(|$))`;
 
 /** Unix and Windows files an attacker reads or writes. */
 const OS_FILES = String.raw`(?:^|[\/\s=:'"(])(?:etc\/(?:passwd|shadow|group|hosts|issue|sudoers|crontab|master\.passwd|fstab|motd|security\/|ssh\/|profile|environment|resolv\.conf|hostname|mysql\/|apache2?\/|nginx\/|httpd\/|php\d?\/|init\.d\/|cron\.d\/|inittab|gshadow|aliases|exports|ld\.so\.|my\.cnf|pam\.d|redhat-release|lsb-release|os-release)|proc\/(?:self|\d{1,7})\/(?:environ|cmdline|maps|mem|fd|status|cwd|exe|root|mounts)|(?:windows|winnt)\/(?:win\.ini|system32|system\.ini|repair|debug|panther|php\.ini)|boot\.ini|win\.ini|system32\/|ntuser\.dat|\.htaccess|\.htpasswd|web\.config|wp-config\.php|\.git\/(?:config|head|index|logs)|\.ssh\/|id_[rde]c?dsa|id_rsa|authorized_keys|\.bash_history|\.bashrc|var\/run\/secrets|dev\/(?:tcp|udp)\/|\.aws\/credentials|\.docker\/config\.json|\.kube\/config)`;
@@ -216,7 +218,7 @@ export const RULES: readonly Rule[] = [
   // ── shell command injection ──────────────────────────────────────────────
   { id: 1301, family: 'rce', paranoia: 1, severity: 'critical', where: INJ, view: 'sh', pre: [';', '&', '|', '\n', '\r', '`', '$(', '<(', '>(', '{'], msg: 'command injection: separator followed by a Unix command',
     gate: [],
-    pattern: re(String.raw`${SEP_INLINE}\s{0,16}(?:sudo\s{1,8})?${cmd(STRONG_CMDS)}`) },
+    pattern: re(String.raw`${SEP_INLINE}\s{0,16}(?:sudo\s{1,8})?${cmd(STRONG_CMDS)}|${braceCmd(ALL_CMDS)}`) },
   { id: 1302, family: 'rce', paranoia: 1, severity: 'critical', where: INJ, view: 'sh', pre: [';', '&', '|', '\n', '\r', '`', '$(', '<(', '>(', '{'], msg: 'command injection: separator followed by a command with shell arguments',
     gate: [],
     pattern: re(String.raw`${SEP}\s{0,16}(?:sudo\s{1,8})?${cmd(ALL_CMDS)}${SHELL_ARG}|\`\s{0,8}${cmd(ALL_CMDS)}\s{0,8}\``) },
@@ -228,7 +230,7 @@ export const RULES: readonly Rule[] = [
     pattern: /\$\{?ifs\b/ },
   { id: 1306, family: 'rce', paranoia: 1, severity: 'critical', where: INJ, view: 'sh', pre: ['cmd', 'powershell', 'pwsh', 'certutil', 'bitsadmin', 'wmic', 'mshta', 'rundll32', 'regsvr32', 'cscript', 'wscript', 'net', 'reg', 'set', 'tasklist', 'taskkill', 'systeminfo', 'schtasks', 'vssadmin', 'bcdedit', 'icacls', 'type', 'dir'], gate: [';', '|', 'tasklist', 'taskkill', 'systeminfo', { first: WIN_FIRST }],
     msg: 'command injection: Windows command',
-    pattern: re(String.raw`(?:^|[;&|\n\r\`]|\$\()\s{0,16}(?:cmd(?:\.exe)?\s{1,8}\/[ckr]|(?:powershell|pwsh)(?:\.exe)?\s{1,8}[-\/]|(?:certutil|bitsadmin|mshta|rundll32|regsvr32|cscript|wscript|schtasks|vssadmin|bcdedit|icacls)(?:\.exe)?\s|wmic\s{1,8}[a-z]|net(?:\.exe)?\s{1,8}(?:user|localgroup|group|view|use|share|start|stop)\b|reg(?:\.exe)?\s{1,8}(?:query|add|delete|save|export)\b|set\s{1,8}\/[ap]\b|(?:tasklist|taskkill|systeminfo)\b|(?:type|dir)\s{1,8}[a-z]:\\)`) },
+    pattern: re(String.raw`(?:^|[;&|\n\r\`]|\$\()\s{0,16}(?:cmd(?:\.exe)?\s{1,8}\/[ckr]|(?:powershell|pwsh)(?:\.exe)?\s{1,8}[-\/]|(?:certutil|bitsadmin|mshta|rundll32|regsvr32|cscript|wscript|schtasks|vssadmin|bcdedit|icacls)(?:\.exe)?\s|wmic\s{1,8}[a-z]|net(?:\.exe)?\s{1,8}(?:user|localgroup|group|view|use|share|start|stop)\b|reg(?:\.exe)?\s{1,8}(?:query|add|delete|save|export)\b|set\s{1,8}\/[ap]\b|(?:tasklist|taskkill|systeminfo)\b|(?:type|dir)\s{1,8}[a-z]:(?:[\\/\s]|$))`) },
   { id: 1307, family: 'rce', paranoia: 1, severity: 'critical', where: INJ, view: 'js', pre: ['resume', 'server', 'createobject', 'wscript', 'request', 'response'], gate: ['resume', 'createobject', 'mappath', 'scripttimeout', 'wscript', 'execute', '('], msg: 'ASP / VBScript code injection',
     pattern: /\bon\s{1,8}error\s{1,8}resume\s{1,8}next\b|\bserver\s{0,8}\.\s{0,8}(?:createobject|execute|mappath|scripttimeout)\b|\bcreateobject\s{0,8}\(\s{0,8}["']?\s{0,8}(?:wscript|scripting|adodb|msxml2|shell)\b|\bwscript\s{0,8}\.\s{0,8}shell\b|\b(?:eval|execute)\s{0,8}\(\s{0,8}request\b|\bresponse\s{0,8}\.\s{0,8}(?:write|binarywrite)\s{0,8}\(/ },
   { id: 1308, family: 'rce', paranoia: 2, severity: 'critical', where: INJ, view: 'sh', pre: [';', '&', '|', '\n', '\r', '`', '$(', '{'], gate: [], msg: 'command injection: separator followed by a command word',
@@ -336,8 +338,8 @@ export const RULES: readonly Rule[] = [
     pattern: /(?:j\s{0,4}a\s{0,4}v\s{0,4}a|v\s{0,4}b|l\s{0,4}i\s{0,4}v\s{0,4}e)\s{0,4}s\s{0,4}c\s{0,4}r\s{0,4}i\s{0,4}p\s{0,4}t\s{0,4}:\s{0,8}(?:[\w$]{1,64}\s{1,8}[([=`]|[^\s()[\]=`\\<'"!{~+]{0,200}[()[\]=`\\<'"!{~+])/ },
   { id: 2006, family: 'xss', paranoia: 1, severity: 'critical', where: INJ, view: 'js', pre: JS_SINKS_STRICT, gate: ['('], msg: 'call of a script function used to prove or run injected code',
     pattern: re(String.raw`\b(?:${alt(JS_SINKS_STRICT)})(?:\)|\?\.)?(?:\(|\`|\.(?:call|apply|bind)\s{0,8}\()|\b(?:${alt(JS_SINKS_STRICT)})\s{1,8}\(\s{0,8}(?:\d|['"\`\/)]|document\b|window\b|this\b)|\.[a-z]{2,20}\(\s{0,8}(?:${alt(JS_SINKS_STRICT)})\s{0,8}\)`) },
-  { id: 2007, family: 'xss', paranoia: 1, severity: 'critical', where: INJ, view: 'js', pre: ['document', 'window', 'self', 'top', 'parent', 'frames', 'globalthis', 'this'], gate: ['document', 'window', 'globalthis', 'frames', { lit: 'self', confirm: DOM_CONFIRM }, { lit: 'top', confirm: DOM_CONFIRM }, { lit: 'parent', confirm: DOM_CONFIRM }], msg: 'access to document or window internals',
-    pattern: /\b(?:document|window|self|top|parent|frames|globalthis)\s{0,8}(?:\??\.\s{0,8}|\[\s{0,8}['"`])(?:cookie|domain|location|write|writeln|opener|eval|localstorage|sessionstorage|documentelement)\b|\bthis\s{0,8}\[\s{0,8}['"`](?:src|href|innerhtml|outerhtml|action|formaction|srcdoc)/ },
+  { id: 2007, family: 'xss', paranoia: 1, severity: 'critical', where: INJ, view: 'js', pre: ['document', 'window', 'self', 'top', 'parent', 'frames', 'globalthis', 'this'], gate: ['document', 'window', 'globalthis', 'frames', { lit: 'self', confirm: DOM_CONFIRM }, { lit: 'top', confirm: DOM_CONFIRM }, { lit: 'parent', confirm: DOM_CONFIRM }], msg: 'access to cookies, storage or navigation of the document',
+    pattern: /\b(?:document|window|self|top|parent|frames|globalthis)\s{0,8}(?:\??\.\s{0,8}|\[\s{0,8}['"`])(?:cookie|domain|opener|localstorage|sessionstorage|(?:write|writeln|eval)['"`]?\s{0,8}\]?\s{0,8}\(|location['"`]?\s{0,8}\]?\s{0,8}(?:\.\s{0,8}(?:href|replace|assign)\b|=))|\bthis\s{0,8}\[\s{0,8}['"`](?:src|href|innerhtml|outerhtml|action|formaction|srcdoc)/ },
   { id: 2008, family: 'xss', paranoia: 1, severity: 'critical', where: INJ, view: 'dec', pre: ['data:'], msg: 'data: URL carrying HTML or script',
     pattern: /\bdata:\s{0,8}(?:text\/html|text\/xml|image\/svg\+xml|application\/(?:x-)?(?:javascript|ecmascript|xhtml\+xml|xml)|text\/(?:java|ecma|vb)script)/ },
   { id: 2009, family: 'xss', paranoia: 1, severity: 'critical', where: INJ, view: 'dec', pre: ['-moz-binding', 'behavior', 'behaviour'], gate: [':'], msg: 'CSS that runs script',

@@ -350,7 +350,8 @@ const boolean: Detector = (tk, s) => {
     while (b > 0 && tk[b]!.t === T.RParen) b--;
     const prev = tk[b]!;
     // Only after a literal or a closing parenthesis: where injected text breaks out of the query's value.
-    if (!(prev.t === T.Number || prev.t === T.String || tk[i - 1]!.t === T.RParen)) continue;
+    // A number counts when it opens the input (`1 or 1=1`), not inside prose or arithmetic (`5 > 3 and 2 < 4`).
+    if (!(prev.t === T.String || tk[i - 1]!.t === T.RParen || (prev.t === T.Number && opensInput(tk, b)))) continue;
     const ctxBreak = prev.t === T.String && prev.ctx === true;
     let j = i + 1;
     while (tk[j]?.t === T.LParen || (tk[j]?.t === T.Logic && tk[j]!.v === 'not') || (tk[j]?.t === T.Op && tk[j]!.v === '!')) j++;
@@ -370,6 +371,15 @@ const boolean: Detector = (tk, s) => {
     if (endish && ctxBreak && (a.t === T.Number || a.t === T.String || (a.t === T.Keyword && a.v === 'true'))) return span(s, tk, i, j);
   }
   return null;
+};
+
+/** Whether only signs and parentheses come before token `b`. */
+const opensInput = (tk: Token[], b: number): boolean => {
+  for (let k = 0; k < b; k++) {
+    const x = tk[k]!;
+    if (!(x.t === T.LParen || (x.t === T.Op && (x.v === '-' || x.v === '+')))) return false;
+  }
+  return true;
 };
 
 /** A call to a function that only SQL injection uses: `sleep(5)`, `benchmark(…)`, `extractvalue(…)`. */
