@@ -119,6 +119,9 @@ export class Kernel {
   #hostCtx: HostContext;
   #httpCounts = new Map<string, { group: string; method: string; cls: string; n: number }>();
   #httpLatency = new Map<string, FastHistogram>();
+  #clientErrors = new Map<string, number>();
+  /** Degraded notes set by a plugin while its factory still runs. */
+  #pendingDegraded = new Map<string, string | null>();
   #adminToken: Buffer | null;
   #opts: KernelOptions;
   #singleGroup: CompiledGroup | null = null;
@@ -215,7 +218,13 @@ export class Kernel {
         if (e instanceof BextError) throw e;
         throw new BextError('BEXT_ERR_PLUGIN_LOAD', `plugin "${m.name}" failed to load: ${(e as Error)?.message ?? String(e)}`, { cause: e });
       }
-      this.#plugins.push(new LoadedPlugin(m, instance, grants, i, spec.scope ?? 'global', loc.source, this.log, (p) => this.metrics.quarantines.inc({ plugin: p.name }), this.#opts.quarantineBackoffMs));
+      const loaded = new LoadedPlugin(m, instance, grants, i, spec.scope ?? 'global', loc.source, this.log, (p) => this.metrics.quarantines.inc({ plugin: p.name }), this.#opts.quarantineBackoffMs);
+      const early = this.#pendingDegraded.get(m.name);
+      if (early) {
+        loaded.state = 'degraded';
+        loaded.detail = early;
+      }
+      this.#plugins.push(loaded);
     }
     for (const s of sections) {
       throw new BextError('BEXT_ERR_CONFIG_INVALID', `${configFile}: $.plugins.${s}: no plugin named "${s}" is loaded`, { hint: `add it with \`bext plugin add ${s}\`, or remove the section` });
@@ -254,10 +263,17 @@ export class Kernel {
       },
     });
     this.#http = this.#app.server as http.Server;
+    // Sockets reach this server through emit('connection') from our own
+    // listeners, so it never listens itself; Node starts the connection
+    // tracking that enforces headersTimeout/requestTimeout (and that
+    // closeIdleConnections walks) on 'listening'.
+    this.#http.emit('listening');
     this.#http.on('upgrade', (raw: IncomingMessage, socket: Duplex, head: Buffer) => this.#handleUpgrade(raw, socket, head));
     this.#http.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
       if (!socket.writable) return socket.destroy();
       const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+      const reason = status === 408 ? 'timeout' : status === 431 ? 'header_overflow' : 'bad_request';
+      this.#clientErrors.set(reason, (this.#clientErrors.get(reason) ?? 0) + 1);
       socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
     });
     this.#app.removeAllContentTypeParsers();
@@ -324,6 +340,8 @@ export class Kernel {
       ...(tls.servername ? { servername: tls.servername } : {}),
       ...(tls.alpnProtocol ? { alpn: tls.alpnProtocol } : {}),
     };
+    // Not enumerable: plain-data copies into sandboxes leave it behind.
+    Object.defineProperty(info, 'onClose', { value: (cb: () => void) => void socket.once('close', cb), enumerable: false });
     const step = (i: number): void => {
       for (; i < chain.length; i++) {
         const e = chain[i]!;
@@ -639,6 +657,10 @@ export class Kernel {
     const hl: string[] = [];
     for (const [g, h] of this.#httpLatency) hl.push(...h.lines('bext_http_request_duration_seconds', `group="${g}"`));
     if (hl.length) out += `# HELP bext_http_request_duration_seconds Time from request head to response written\n# TYPE bext_http_request_duration_seconds histogram\n${hl.join('\n')}\n`;
+    if (this.#clientErrors.size) {
+      out += '# HELP bext_http_client_errors_total Connections answered or cut off before a request was parsed (slow headers, oversized or malformed heads)\n# TYPE bext_http_client_errors_total counter\n';
+      for (const [reason, n] of this.#clientErrors) out += `bext_http_client_errors_total{reason="${reason}"} ${n}\n`;
+    }
     return out;
   }
 
@@ -709,7 +731,8 @@ export class Kernel {
       metricsContentType: this.metrics.contentType,
       setDegraded: (detail) => {
         const p = this.#plugins.find((x) => x.name === plugin);
-        if (!p || p.state === 'quarantined') return;
+        if (!p) return void this.#pendingDegraded.set(plugin, detail);
+        if (p.state === 'quarantined') return;
         p.state = detail ? 'degraded' : 'loaded';
         p.detail = detail ?? undefined;
       },

@@ -82,6 +82,11 @@ export interface ConnectInfo {
   servername?: string;
   /** Negotiated ALPN protocol, when the listener is TLS. */
   alpn?: string;
+  /**
+   * Trusted plugins only: calls `cb` once when this connection closes (for
+   * per-client connection counts). Not enumerable, so sandboxes never see it.
+   */
+  onClose?(cb: () => void): void;
 }
 
 export type ConnectDecision = undefined | void | { action: 'allow' } | { action: 'reject'; reason?: string };

@@ -72,6 +72,41 @@ export async function buildWasmPlugin(dir: string, opts: BuildOptions = {}): Pro
     });
   }
   const wasmPath = path.join(dir, outFile);
+  await embedManifest(dir, wasmPath);
   const { size } = await stat(wasmPath);
   return { wasmPath, bytes: size };
+}
+
+function leb128(n: number): number[] {
+  const out: number[] = [];
+  do {
+    let b = n & 0x7f;
+    n >>>= 7;
+    if (n !== 0) b |= 0x80;
+    out.push(b);
+  } while (n !== 0);
+  return out;
+}
+
+/**
+ * Appends the folder's manifest (less `entry` and `sandbox`, which a bare
+ * module implies) as a `bext-plugin` custom section, so the .wasm file alone
+ * carries its hooks, needs and the capabilities it asks for:
+ * `bext plugin add ./rules.wasm` then shows and grants them.
+ */
+export async function embedManifest(dir: string, wasmPath: string): Promise<void> {
+  const { readFile, writeFile } = await import('node:fs/promises');
+  let raw: Record<string, unknown>;
+  try {
+    raw = JSON.parse(await readFile(path.join(dir, 'bext-plugin.json'), 'utf8')) as Record<string, unknown>;
+  } catch {
+    return;
+  }
+  const { entry: _entry, sandbox: _sandbox, $schema: _schema, ...rest } = raw;
+  const name = Buffer.from('bext-plugin');
+  const payload = Buffer.from(JSON.stringify(rest));
+  const body = Buffer.concat([Buffer.from(leb128(name.length)), name, payload]);
+  const section = Buffer.concat([Buffer.from([0]), Buffer.from(leb128(body.length)), body]);
+  const wasm = await readFile(wasmPath);
+  await writeFile(wasmPath, Buffer.concat([wasm, section]));
 }

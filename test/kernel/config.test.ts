@@ -147,5 +147,38 @@ describe('plugin new', () => {
     } finally {
       (await import('node:fs')).rmSync(dir, { recursive: true, force: true });
     }
-  });
+  }, 120_000);
+});
+
+describe('wasm plugins from the CLI', () => {
+  it('plugin new --sandbox wasm, plugin build, plugin add ./x.wasm (manifest embedded), then served fuel-metered', async () => {
+    const dir = mkdtempSync(join(resolve('.'), '.tmp-wasm-'));
+    try {
+      expect(bext(['plugin', 'new', 'rules', '--sandbox', 'wasm', '--dir', dir], resolve('.')).code).toBe(0);
+      const build = bext(['plugin', 'build', join(dir, 'rules')], resolve('.'));
+      expect(build.code, build.err).toBe(0);
+      expect(build.out).toMatch(/wrote .*plugin\.wasm \(\d+ bytes\)/);
+      const site = mkdtempSync(join(tmp(), 'wasm-site-'));
+      cpSync(join(dir, 'rules', 'plugin.wasm'), join(site, 'rules.wasm'));
+      const add = bext(['plugin', 'add', './rules.wasm', '--yes'], site);
+      expect(add.code, add.err).toBe(0);
+      expect(add.out).toContain('rules@0.1.0 (wasm)');
+      const lock = JSON.parse(readFileSync(join(site, 'plugins.lock.json'), 'utf8'));
+      expect(lock.plugins[0]).toMatchObject({ name: 'rules', source: 'file:./rules.wasm', sandbox: 'wasm' });
+      const k = await Kernel.create({ config: parseConfig({ server: { port: 0, host: '127.0.0.1' }, admin: { port: null } }), lockFile: join(site, 'plugins.lock.json'), logger: new Logger('error') });
+      const { port } = await k.listen();
+      try {
+        const r = await fetch(`http://127.0.0.1:${port}/rules/hello`);
+        expect(r.status).toBe(200);
+        expect(await r.text()).toBe('hello from rules\n');
+        expect((await fetch(`http://127.0.0.1:${port}/x`, { headers: { 'user-agent': 'BadBot/2' } })).status).toBe(403);
+        expect(k.plugins()[0]).toMatchObject({ name: 'rules', sandbox: 'wasm' });
+        expect(k.plugins()[0]!.fuelTotal).toBeGreaterThan(0);
+      } finally {
+        await k.close(0);
+      }
+    } finally {
+      (await import('node:fs')).rmSync(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
 });
