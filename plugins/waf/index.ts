@@ -66,7 +66,7 @@ export default definePlugin((host: HostApi) => {
     else ring[next] = ev;
     next = (next + 1) % eventsRingSize;
     totals.detected++;
-    for (const f of r.families) host.metric(r.blocked ? 'waf_blocked_total' : 'waf_detections_total', 1, { family: f }, 'counter');
+    for (const f of r.families) host.metric(r.blocked ? 'blocked_total' : 'detections_total', 1, { family: f }, 'counter');
     host.publish(TOPIC, ev).then(
       () => {
         publishFailing = false;
