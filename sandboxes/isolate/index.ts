@@ -132,7 +132,6 @@ class IsolateVm implements EngineVm {
 
 const engine: Engine = {
   kind: 'isolate',
-  packRequests: false,
   create(spec, sources, events) {
     if (!ivm) throw new BextError('BEXT_ERR_SANDBOX_UNAVAILABLE', `isolated-vm is not available: ${loadError?.message}`);
     return new IsolateVm(ivm, spec, sources, events);

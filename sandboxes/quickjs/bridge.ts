@@ -48,26 +48,6 @@ export const GUEST_PRELUDE = `(function (hostCall, hostSync, hostDone, maxOut) {
     if (s.length > maxOut) return '#the hook answered ' + s.length + ' characters of JSON, more than the limit of ' + maxOut;
     return '=' + s;
   };
-  // Packed request: '\u0001' then \u0001-separated name/value tokens; 'headers' is
-  // followed by a count and that many name/value pairs; a value starting with
-  // '\u0002' is JSON, '\u0003' is an empty object.
-  const val = (v) => { const c = v.charCodeAt(0); return c === 2 ? parse(v.slice(1)) : c === 3 ? {} : v; };
-  const unpack = (s) => {
-    if (s.charCodeAt(0) !== 1) return parse(s);
-    const t = s.split('\u0001');
-    const o = {};
-    const n = t.length;
-    let i = 2;
-    while (i < n) {
-      const k = t[i++];
-      if (k === 'headers') {
-        const h = {};
-        for (let c = +t[i++]; c > 0; c--) { const hk = t[i++]; h[hk] = val(t[i++]); }
-        o.headers = h;
-      } else o[k] = val(t[i++]);
-    }
-    return o;
-  };
   let seq = 0;
   const answer = (r) => {
     if (r !== null && (typeof r === 'object' || typeof r === 'function') && typeof r.then === 'function') {
@@ -116,7 +96,7 @@ export const GUEST_PRELUDE = `(function (hostCall, hostSync, hostDone, maxOut) {
       if (typeof f !== 'function') continue;
       out[name] = name === 'onResponse'
         ? (json) => { try { const a = parse(json); return answer(f(a[0], a[1])); } catch (e) { return '!' + describe(e); } }
-        : (json) => { try { return answer(f(unpack(json))); } catch (e) { return '!' + describe(e); } };
+        : (json) => { try { return answer(f(parse(json))); } catch (e) { return '!' + describe(e); } };
     }
     return out;
   };
@@ -159,8 +139,6 @@ export interface EngineVm {
 /** What a kind provides to build VMs for a plugin. */
 export interface Engine {
   readonly kind: 'quickjs' | 'isolate';
-  /** Send requests in the packed format instead of JSON (see packRequest). */
-  readonly packRequests: boolean;
   /** Builds a VM; a Promise when the engine must first prepare. Throws BextError(BEXT_ERR_PLUGIN_LOAD) for bad code. */
   create(spec: LoadSpec, sources: ModuleSources, events: VmEvents): EngineVm | Promise<EngineVm>;
 }
@@ -226,42 +204,6 @@ const dropProto = (k: string, v: unknown) => (k === '__proto__' ? undefined : v)
 /** Parses guest JSON; a `__proto__` key is dropped so no later Object.assign can re-parent a host object. */
 export function parseGuestJson(json: string): unknown {
   return json.includes('"__proto__"') ? JSON.parse(json, dropProto) : JSON.parse(json);
-}
-
-// NUL cannot cross (QuickJS takes C strings), \u0001 separates tokens, and lone
-// surrogates do not survive UTF-8: such values go as JSON, which escapes them.
-const NEEDS_JSON = /[\u0000\u0001\uD800-\uDFFF]|^[\u0002\u0003]/;
-
-function packValue(v: unknown): string {
-  if (typeof v === 'string') return NEEDS_JSON.test(v) ? `\u0002${JSON.stringify(v)}` : v;
-  if (v !== null && typeof v === 'object' && Object.keys(v).length === 0 && !Array.isArray(v)) return '\u0003';
-  return `\u0002${JSON.stringify(v)}`;
-}
-
-/**
- * Encodes a projected request for the guest. JSON.parse in QuickJS costs
- * several microseconds even for tiny input, while splitting one string on
- * a control character and building the object in the guest costs a fraction of that.
- */
-export function packRequest(o: Record<string, unknown>): string {
-  let s = '\u0001';
-  for (const k in o) {
-    const v = o[k];
-    if (v === undefined) continue;
-    if (k === 'headers' && v !== null && typeof v === 'object') {
-      const h = v as Record<string, unknown>;
-      let n = 0;
-      let pairs = '';
-      for (const hk in h) {
-        if (h[hk] === undefined) continue;
-        if (NEEDS_JSON.test(hk)) return JSON.stringify(o);
-        pairs += `\u0001${hk}\u0001${packValue(h[hk])}`;
-        n++;
-      }
-      s += `\u0001headers\u0001${n}${pairs}`;
-    } else s += `\u0001${k}\u0001${packValue(v)}`;
-  }
-  return s;
 }
 
 function isThenable(x: unknown): x is PromiseLike<unknown> {
@@ -356,7 +298,7 @@ export class JsInstance implements SandboxInstance {
   #wrap(exported: readonly HookName[]): PluginHooks {
     const p = this.#proj;
     const c = (hook: HookName, json: string) => this.#call(hook, json);
-    const enc: (o: Record<string, unknown>) => string = this.#engine.packRequests ? packRequest : JSON.stringify;
+    const enc = JSON.stringify;
     const table: { [K in HookName]: NonNullable<PluginHooks[K]> } = {
       onConnect: (info) => c('onConnect', JSON.stringify(info)) as never,
       onRequest: (req) => c('onRequest', enc(p.request(req))) as never,

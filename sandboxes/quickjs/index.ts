@@ -501,7 +501,6 @@ class QuickVm implements EngineVm {
 
 const engine: Engine = {
   kind: 'quickjs',
-  packRequests: true,
   create(spec, sources, events) {
     const h = currentHome();
     if (h instanceof WasmHome) return new QuickVm(h, spec, sources, events);
