@@ -17,7 +17,7 @@ import { cidrSet, clientAddress, type CidrSet } from '../../plugin-api/net.js';
 import { ReplayBody } from './body.js';
 import { compileConfig, type CompiledRoute, type ProxyConfig } from './config.js';
 import { clientResponseHeaders, plainAddress, retryAfterMs, upstreamRequestHeaders, type ForwardInfo } from './headers.js';
-import { classify, sendH2c, sendHttp1, type AttemptBody, type FailureKind, type Sent } from './transport.js';
+import { classify, sendH2c, sendHttp1, type AttemptBody, type Cancel, type FailureKind, type Sent } from './transport.js';
 import { Upstream, type Member, type ProxyEvent } from './upstream.js';
 import { connectTo, handshake, join, type Tunnel } from './websocket.js';
 
@@ -145,6 +145,23 @@ export class ProxyEngine {
       // Another plugin already read the body: take the shared copy.
       body = req.raw.readableDidRead ? await req.readBody() : new ReplayBody(req.raw, cfg.retries.bufferBytes);
     }
+    const cancel: Cancel = { cancelled: false, abort: null };
+    // An HTTP/2 request ends with its stream, an HTTP/1 request with its connection.
+    const conn: NodeJS.EventEmitter = (req.raw as { stream?: NodeJS.EventEmitter }).stream ?? req.raw.socket;
+    const gone = () => {
+      cancel.cancelled = true;
+      cancel.abort?.();
+    };
+    conn.once('close', gone);
+    try {
+      return await this.#loop(req, route, up, target, headers, clientHost, body, cancel);
+    } finally {
+      conn.off('close', gone);
+    }
+  }
+
+  async #loop(req: TrustedRequest, route: CompiledRoute, up: Upstream, target: string, headers: Record<string, string | string[]>, clientHost: string, body: AttemptBody, cancel: Cancel): Promise<ProxiedResponse> {
+    const cfg = up.cfg;
     const idempotent = up.retryMethods.has(req.method);
     const key = cfg.strategy === 'ip-hash' ? this.#hashKey(req, up) : '';
     const te = cfg.protocol === 'h2c' && /\btrailers\b/.test(String(req.headers.te ?? ''));
@@ -158,6 +175,7 @@ export class ProxyEngine {
       return false;
     };
     for (;;) {
+      if (cancel.cancelled) return failure('BEXT_ERR_PROXY_BAD_GATEWAY', `the client left before upstream "${up.name}" answered`, up.name, 'client');
       let now = Date.now();
       const m = up.pick(key, tried, now);
       if (m === null) return failure('BEXT_ERR_PROXY_UNAVAILABLE', `no member of upstream "${up.name}" is available`, up.name, 'all-down');
@@ -171,8 +189,8 @@ export class ProxyEngine {
       let err: unknown = null;
       try {
         res = cfg.protocol === 'h2c'
-          ? await sendH2c(m, req.method, target, hostHeader || m.url.host, headers, te, body, { connectMs: cfg.timeouts.connectMs, headersMs: cfg.timeouts.headersMs, bodyMs: cfg.timeouts.bodyMs, idleMs: cfg.keepAliveMs })
-          : await sendHttp1(m, req.method, target, headers, body);
+          ? await sendH2c(m, req.method, target, hostHeader || m.url.host, headers, te, body, { connectMs: cfg.timeouts.connectMs, headersMs: cfg.timeouts.headersMs, bodyMs: cfg.timeouts.bodyMs, idleMs: cfg.keepAliveMs }, cancel)
+          : await sendHttp1(m, req.method, target, headers, body, cancel);
       } catch (e) {
         err = e;
       }

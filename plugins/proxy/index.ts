@@ -37,6 +37,23 @@ export default definePlugin((host) => {
     if (canMetric) host.metric(name, value, labels, kind);
   };
 
+  // The first health checks run while the server is still starting, before anyone can hear a publish.
+  let held: Record<string, unknown>[] | null = [];
+  const startup = setInterval(() => release(), 20);
+  startup.unref();
+  const publish = (msg: Record<string, unknown>) => {
+    host.publish('system/proxy', msg).catch((err: unknown) => {
+      host.log('warn', 'proxy: publishing to system/proxy failed', { error: String((err as Error)?.message ?? err) });
+    });
+  };
+  const release = () => {
+    if (held === null || (host.kernel && !host.kernel.ready())) return;
+    const q = held;
+    held = null;
+    clearInterval(startup);
+    for (const m of q) publish(m);
+  };
+
   const onEvent = (e: ProxyEvent) => {
     metric('events_total', 1, { upstream: e.upstream, event: e.event }, 'counter');
     if (e.event === 'breaker') {
@@ -45,11 +62,11 @@ export default definePlugin((host) => {
     }
     const level = e.event === 'member-up' || e.event === 'member-returned' || (e.event === 'breaker' && e.to === 'closed') ? 'info' : 'warn';
     host.log(level, `proxy: ${e.event}`, { ...e });
-    host.publish('system/proxy', { ...e, at: Date.now() }).catch((err: unknown) => {
-      host.log('warn', 'proxy: publishing to system/proxy failed', { error: String((err as Error)?.message ?? err) });
-    });
+    const msg = { ...e, at: Date.now() };
+    if (held !== null) release();
+    if (held !== null) held.push(msg);
+    else publish(msg);
   };
-
   const engine = new ProxyEngine(cfg, { onEvent, log: (level, msg, fields) => host.log(level, msg, fields) });
 
   // Per-request counts stay in plain fields and are turned into metrics once a second.
@@ -60,6 +77,7 @@ export default definePlugin((host) => {
     return d;
   };
   const flush = () => {
+    release();
     const now = Date.now();
     for (const [name, u] of engine.upstreams) {
       metric('active_requests', u.active, { upstream: name }, 'gauge');
@@ -87,6 +105,7 @@ export default definePlugin((host) => {
 
   return {
     onRender(req) {
+      if (held !== null) release();
       const route = engine.match(req.method, req.path, req.host);
       return route === null ? undefined : engine.handle(req, route);
     },
@@ -104,6 +123,7 @@ export default definePlugin((host) => {
 
     async dispose() {
       clearInterval(timer);
+      clearInterval(startup);
       flush();
       await engine.close();
     },

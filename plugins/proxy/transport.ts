@@ -24,6 +24,16 @@ export interface Sent {
 
 export type AttemptBody = ReplayBody | Buffer | null;
 
+/**
+ * Lets the engine cancel the attempt in flight when the client goes away
+ * before the response head, so a slow member is not kept busy for nobody.
+ */
+export interface Cancel {
+  cancelled: boolean;
+  /** Set by the transport while an attempt is in flight. */
+  abort: (() => void) | null;
+}
+
 /** Why an attempt failed, which decides retry safety and who is blamed. */
 export type FailureKind = 'connect' | 'timeout' | 'reset' | 'client';
 
@@ -84,17 +94,22 @@ class Exchange implements Dispatcher.DispatchHandlers {
   #abort: ((e?: Error) => void) | null = null;
   #resume: (() => void) | null = null;
   #settle: { resolve: (x: Exchange) => void; reject: (e: Error) => void } | null;
+  #cancel: Cancel;
 
-  constructor(settle: { resolve: (x: Exchange) => void; reject: (e: Error) => void }) {
+  constructor(settle: { resolve: (x: Exchange) => void; reject: (e: Error) => void }, cancel: Cancel) {
     this.#settle = settle;
+    this.#cancel = cancel;
   }
 
   onConnect(abort: (e?: Error) => void): void {
     this.#abort = abort;
+    if (this.#cancel.cancelled) abort();
+    else this.#cancel.abort = () => abort();
   }
 
   onHeaders(status: number, head: Buffer[], resume: () => void): boolean {
     if (status < 200) return true;
+    this.#cancel.abort = null;
     this.status = status;
     this.head = head;
     this.#resume = resume;
@@ -116,6 +131,7 @@ class Exchange implements Dispatcher.DispatchHandlers {
   }
 
   onError(e: Error): void {
+    this.#cancel.abort = null;
     if (this.#settle !== null) {
       const s = this.#settle;
       this.#settle = null;
@@ -173,11 +189,11 @@ export function rawHeaders(raw: Buffer[]): Record<string, string | string[]> {
 }
 
 /** HTTP/1.1 through undici. */
-export function sendHttp1(m: Member, method: string, path: string, headers: Record<string, string | string[]>, body: AttemptBody): Promise<Sent> {
+export function sendHttp1(m: Member, method: string, path: string, headers: Record<string, string | string[]>, body: AttemptBody, cancel: Cancel): Promise<Sent> {
   let clientErr: Error | null = null;
   const b = body === null || Buffer.isBuffer(body) ? body : watched(body, (e) => (clientErr = e));
   return new Promise<Exchange>((resolve, reject) => {
-    m.pool!.dispatch({ method: method as 'GET', path, headers, body: b as never }, new Exchange({ resolve, reject }));
+    m.pool!.dispatch({ method: method as 'GET', path, headers, body: b as never }, new Exchange({ resolve, reject }, cancel));
   }).then(
     (x) => ({ status: x.status, headers: rawHeaders(x.head), body: () => x.body(), discard: () => x.discard() }),
     (e: unknown) => {
@@ -219,7 +235,7 @@ function session(m: Member, connectMs: number, idleMs: number): Promise<ClientHt
 }
 
 /** HTTP/2 over cleartext (h2c, prior knowledge). Trailers are passed on. */
-export async function sendH2c(m: Member, method: string, path: string, authority: string, headers: Record<string, string | string[]>, teTrailers: boolean, body: AttemptBody, t: { connectMs: number; headersMs: number; bodyMs: number; idleMs: number }): Promise<Sent> {
+export async function sendH2c(m: Member, method: string, path: string, authority: string, headers: Record<string, string | string[]>, teTrailers: boolean, body: AttemptBody, t: { connectMs: number; headersMs: number; bodyMs: number; idleMs: number }, cancel: Cancel): Promise<Sent> {
   const sess = await session(m, t.connectMs, t.idleMs);
   const h: Record<string, string | string[]> = { ':method': method, ':path': path, ':scheme': 'http', ':authority': authority };
   for (const k in headers) if (k !== 'host') h[k] = headers[k]!;
@@ -236,6 +252,7 @@ export async function sendH2c(m: Member, method: string, path: string, authority
     const fail = (e: Error) => {
       if (settled) return;
       settled = true;
+      cancel.abort = null;
       clearTimeout(timer);
       stream.close(http2.constants.NGHTTP2_CANCEL);
       reject(e);
@@ -248,9 +265,12 @@ export async function sendH2c(m: Member, method: string, path: string, authority
       else if (stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM) fail(coded(`${m.label} refused the stream`, 'ERR_HTTP2_REFUSED_STREAM'));
       else fail(coded(`${m.label} closed the stream before answering`, 'ERR_HTTP2_STREAM_ERROR'));
     });
+    cancel.abort = () => fail(coded('the client went away', 'UND_ERR_ABORTED'));
+    if (cancel.cancelled) cancel.abort();
     stream.once('response', (head: IncomingHttpHeaders) => {
       if (settled) return;
       settled = true;
+      cancel.abort = null;
       clearTimeout(timer);
       if (t.bodyMs > 0) stream.setTimeout(t.bodyMs, () => stream.close(http2.constants.NGHTTP2_CANCEL));
       const trailers = new Promise<Record<string, string | string[]>>((res) => {
