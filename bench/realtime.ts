@@ -1,0 +1,195 @@
+/**
+ * realtime hub under fan-out: N subscribers (default 10,000) of one topic,
+ * held by a separate load process (bench/realtime-load.ts), and 10
+ * messages/s published to them for a few seconds → N×10 deliveries/s.
+ * Reports delivered/s, publish→receive p50/p99 and RSS per idle
+ * connection, for SSE and WebSocket, each beside a bare baseline in the
+ * same run: `node:http` writing the same frames to every response (SSE)
+ * and `ws` broadcasting (WebSocket), with no plugin machinery.
+ * Targets: p99 ≤ 100 ms, RSS ≤ 8 KB per idle connection.
+ *
+ * env: BENCH_CONNECTIONS (10000), BENCH_SECONDS (10), BENCH_RATE (10 msg/s), BENCH_TRANSPORTS (sse,ws)
+ *
+ * `realtime.ts serve <bext|bare>` is the server process the run starts.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import http from 'node:http';
+import { join, resolve } from 'node:path';
+import { createInterface, type Interface } from 'node:readline';
+
+const root = resolve(import.meta.dirname, '..');
+const now = () => performance.timeOrigin + performance.now();
+
+// ------------------------------------------------------------------ servers
+
+async function serve(kind: string): Promise<void> {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  process.on('SIGUSR2', () => {
+    for (let i = 0; i < 3; i++) gc?.();
+    process.stdout.write(`RSS ${process.memoryUsage().rss}\n`);
+  });
+  if (kind === 'bare') {
+    const { WebSocketServer } = await import('ws');
+    const streams = new Set<http.ServerResponse>();
+    let offset = 0;
+    const server = http.createServer((req, res) => {
+      if (req.method === 'GET') {
+        res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', 'x-accel-buffering': 'no' });
+        res.write('retry: 2000\n\nevent: subscribed\ndata: {}\n\n');
+        streams.add(res);
+        res.on('close', () => streams.delete(res));
+        return;
+      }
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        const { topic, data } = JSON.parse(Buffer.concat(chunks).toString()) as { topic: string; data: unknown };
+        const o = ++offset;
+        const json = `{"type":"message","topic":"${topic}","offset":${o},"epoch":"e","data":${JSON.stringify(data)}}`;
+        const frame = Buffer.from(`id: ${o}:e\ndata: ${json}\n\n`);
+        const text = Buffer.from(json);
+        let n = 0;
+        for (const s of streams) (s.write(frame), n++);
+        for (const c of wss.clients) (c.send(text, { binary: false }), n++);
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify({ delivered: n }));
+      });
+    });
+    const wss = new WebSocketServer({ server, path: '/__bext/ws', perMessageDeflate: false });
+    wss.on('connection', (c) => c.send('{"type":"subscribed"}'));
+    server.listen(0, '127.0.0.1', () => {
+      const port = (server.address() as { port: number }).port;
+      process.stdout.write(`LISTENING ${port} http://127.0.0.1:${port}/publish\n`);
+    });
+    return;
+  }
+  const { parseConfig } = await import('../kernel/config.js');
+  const { Logger } = await import('../kernel/log.js');
+  const { Kernel } = await import('../kernel/server.js');
+  const config = parseConfig({ server: { port: 0, host: '127.0.0.1' }, admin: { port: 0, host: '127.0.0.1' }, plugins: { realtime: {} } });
+  const k = await Kernel.create({ config, plugins: [{ source: `file:${join(root, 'plugins/realtime')}`, grants: ['publish:**', 'metrics'] }], logger: new Logger('error') });
+  const { port, adminPort } = await k.listen();
+  process.stdout.write(`LISTENING ${port} http://127.0.0.1:${adminPort}/__bext/hub/publish\n`);
+  process.on('SIGTERM', () => k.close(500).then(() => process.exit(0)));
+}
+
+// ----------------------------------------------------------------- the run
+
+interface Proc {
+  proc: ChildProcess;
+  lines: Interface;
+  next(prefix: string): Promise<string>;
+}
+
+/** Starts a node process with a raised descriptor limit (10,000 sockets need it). */
+function start(args: string[]): Proc {
+  const cmd = `ulimit -n $(ulimit -Hn); exec ${JSON.stringify(process.execPath)} ${args.map((a) => JSON.stringify(a)).join(' ')}`;
+  const proc = spawn('bash', ['-c', cmd], { cwd: root, stdio: ['pipe', 'pipe', 'inherit'], env: { ...process.env, BEXT_LOG: 'error' } });
+  const lines = createInterface({ input: proc.stdout! });
+  const queue: string[] = [];
+  const waiters: { prefix: string; resolve: (l: string) => void }[] = [];
+  lines.on('line', (l) => {
+    const w = waiters.findIndex((x) => l.startsWith(x.prefix));
+    if (w !== -1) waiters.splice(w, 1)[0]!.resolve(l);
+    else queue.push(l);
+  });
+  return {
+    proc,
+    lines,
+    next(prefix) {
+      const i = queue.findIndex((l) => l.startsWith(prefix));
+      if (i !== -1) return Promise.resolve(queue.splice(i, 1)[0]!);
+      return new Promise((res, rej) => {
+        waiters.push({ prefix, resolve: res });
+        proc.once('exit', (c) => rej(new Error(`${args.join(' ')} exited with ${c} while waiting for ${prefix}`)));
+      });
+    },
+  };
+}
+
+async function rss(server: Proc): Promise<number> {
+  server.proc.kill('SIGUSR2');
+  return Number((await server.next('RSS ')).split(' ')[1]);
+}
+
+function post(url: string, body: string): Promise<void> {
+  return new Promise((res, rej) => {
+    const r = http.request(url, { method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (resp) => {
+      resp.resume();
+      resp.on('end', res);
+    });
+    r.on('error', rej);
+    r.end(body);
+  });
+}
+const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
+
+interface Result {
+  connected: number;
+  failed: number;
+  closed: number;
+  deliveries: number;
+  p50: number;
+  p99: number;
+  max: number;
+  rssPerConn: number;
+  expected: number;
+}
+
+async function run(kind: 'bare' | 'bext', transport: 'sse' | 'ws', n: number, seconds: number, rate: number): Promise<Result> {
+  const server = start(['--expose-gc', '--import', 'tsx', 'bench/realtime.ts', 'serve', kind]);
+  let load: Proc | null = null;
+  try {
+    const [, port, publishUrl] = (await server.next('LISTENING ')).split(' ');
+    const rss0 = await rss(server);
+    const url = transport === 'sse' ? `http://127.0.0.1:${port}/__bext/events?topic=bench/all` : `ws://127.0.0.1:${port}/__bext/ws?topic=bench/all`;
+    const l = start(['--import', 'tsx', 'bench/realtime-load.ts', transport, url, String(n)]);
+    load = l;
+    const [, connected] = (await l.next('CONNECTED ')).split(' ').map(Number);
+    const rss1 = await rss(server);
+    l.proc.stdin!.write('MEASURE\n');
+    const pad = 'x'.repeat(64);
+    const count = seconds * rate;
+    const t0 = Date.now();
+    for (let i = 0; i < count; i++) {
+      const due = t0 + (i * 1000) / rate;
+      const wait = due - Date.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      await post(publishUrl!, JSON.stringify({ topic: 'bench/all', data: { t: now(), seq: i, pad } }));
+    }
+    // Let the last message's fan-out land before counting.
+    await new Promise((r) => setTimeout(r, 1500));
+    l.proc.stdin!.write('STOP\n');
+    const res = JSON.parse(await l.next('{')) as Omit<Result, 'rssPerConn' | 'expected'>;
+    return { ...res, rssPerConn: (rss1 - rss0) / Math.max(1, connected!), expected: count * connected! };
+  } finally {
+    load?.proc.kill('SIGKILL');
+    if (load && load.proc.exitCode === null) await once(load.proc, 'exit');
+    server.proc.kill('SIGKILL');
+    if (server.proc.exitCode === null) await once(server.proc, 'exit');
+  }
+}
+
+if (process.argv[2] === 'serve') {
+  await serve(process.argv[3] ?? 'bext');
+} else {
+  const n = Number(process.env.BENCH_CONNECTIONS ?? 10_000);
+  const seconds = Number(process.env.BENCH_SECONDS ?? 10);
+  const rate = Number(process.env.BENCH_RATE ?? 10);
+  const transports = (process.env.BENCH_TRANSPORTS ?? 'sse,ws').split(',') as ('sse' | 'ws')[];
+  const rows: string[] = [];
+  for (const t of transports) {
+    const base = await run('bare', t, n, seconds, rate);
+    const bext = await run('bext', t, n, seconds, rate);
+    for (const [name, r] of [['bare', base], ['bext', bext]] as const) {
+      const perSec = r.deliveries / seconds;
+      const ratio = name === 'bext' ? ` (${(perSec / (base.deliveries / seconds)).toFixed(2)}× bare)` : '';
+      rows.push(`| ${t} | ${name === 'bare' ? (t === 'sse' ? 'bare node:http' : 'bare ws') : 'bext realtime'} | ${r.connected.toLocaleString('en-US')}${r.failed ? ` (${r.failed} failed)` : ''} | ${Math.round(perSec).toLocaleString('en-US')}${ratio} | ${((100 * r.deliveries) / r.expected).toFixed(1)}% | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${(r.rssPerConn / 1024).toFixed(1)} | ${r.closed} |`);
+    }
+  }
+  console.log(`realtime benchmark: ${n.toLocaleString('en-US')} subscribers of one topic, ${rate} msg/s for ${seconds}s, load from a separate process`);
+  console.log('| transport | server | subscribers | delivered/s | of expected | p50 ms | p99 ms (target ≤ 100) | RSS KB per idle conn (target ≤ 8) | dropped |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  for (const r of rows) console.log(r);
+}
