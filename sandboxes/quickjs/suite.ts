@@ -6,7 +6,8 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { Manifest, SandboxHost, SandboxInstance } from '../../plugin-api/index.js';
+import { makeProjector, type Manifest, type Need, type SandboxHost, type SandboxInstance } from '../../plugin-api/index.js';
+import { encoderFor } from './bridge.js';
 import { request, writePlugin, type TestPlugin } from './testing.js';
 
 const TEMPLATES = fileURLToPath(new URL('../../sdk/templates/', import.meta.url));
@@ -27,6 +28,17 @@ export function jsSandboxSuite(host: SandboxHost, kind: 'quickjs' | 'isolate'): 
       entry.inst = await host.load(p.spec);
       return { p, inst: entry.inst, host: p.host };
     };
+
+    it('serialises requests exactly as the projector projects them', () => {
+      const needsSets: (Need[] | undefined)[] = [
+        undefined, [], ['path'], ['method', 'headers'], ['headers:user-agent', 'headers:x-missing', 'body'],
+        ['method', 'path', 'query', 'host', 'remoteAddress', 'scheme', 'httpVersion', 'body', 'ctx', 'headers'],
+      ];
+      const reqs = [request(), request({ body: 'b', route: '/items/:id', params: { id: '7' }, ctx: { a: [1, { b: null }] } }), request({ headers: {} })];
+      for (const needs of needsSets) {
+        for (const r of reqs) expect(encoderFor(needs).request(r)).toBe(JSON.stringify(makeProjector(needs).request(r)));
+      }
+    });
 
     it('is available', () => {
       expect(host.available()).toEqual({ ok: true });
