@@ -267,16 +267,30 @@ export async function sendH2c(m: Member, method: string, path: string, authority
     });
     cancel.abort = () => fail(coded('the client went away', 'UND_ERR_ABORTED'));
     if (cancel.cancelled) cancel.abort();
-    stream.once('response', (head: IncomingHttpHeaders) => {
+    stream.once('response', (head: IncomingHttpHeaders, flags: number) => {
       if (settled) return;
       settled = true;
       cancel.abort = null;
       clearTimeout(timer);
       if (t.bodyMs > 0) stream.setTimeout(t.bodyMs, () => stream.close(http2.constants.NGHTTP2_CANCEL));
-      const trailers = new Promise<Record<string, string | string[]>>((res) => {
-        stream.once('trailers', (tr: IncomingHttpHeaders) => res(tr as Record<string, string | string[]>));
-        stream.once('close', () => res({}));
-      });
+      let trailers: Promise<Record<string, string | string[]>>;
+      if ((flags & http2.constants.NGHTTP2_FLAG_END_STREAM) !== 0 && /^application\/grpc/.test(String(head['content-type'] ?? ''))) {
+        // gRPC "trailers-only" (an error with no message): the status rides in the head. Give it back as
+        // trailers, so a listener that writes head, body and trailers separately still sends it where clients look.
+        const tr: Record<string, string | string[]> = {};
+        for (const k of ['grpc-status', 'grpc-message', 'grpc-status-details-bin']) {
+          if (head[k] !== undefined) {
+            tr[k] = head[k] as string;
+            delete head[k];
+          }
+        }
+        trailers = Promise.resolve(tr);
+      } else {
+        trailers = new Promise<Record<string, string | string[]>>((res) => {
+          stream.once('trailers', (tr: IncomingHttpHeaders) => res(tr as Record<string, string | string[]>));
+          stream.once('close', () => res({}));
+        });
+      }
       resolve({ status: Number(head[':status']), headers: head, body: () => stream, discard: () => stream.close(http2.constants.NGHTTP2_CANCEL), trailers });
     });
     if (body !== null) {
