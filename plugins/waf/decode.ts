@@ -235,9 +235,32 @@ export function deepDecode(s: string, rounds = 4): string {
   return cur.indexOf('\0') === -1 ? cur : cur.replace(/\0/g, '');
 }
 
-const B64_CHARS = /^[A-Za-z0-9+/_ -]+={0,2}$/;
-const ONLY_HEX = /^[0-9a-fA-F]+$/;
-const ONLY_DIGITS_OR_LETTERS = /^(?:[0-9]+|[a-z]+|[A-Z]+)$/;
+/**
+ * Whether `s` has the shape of base64 text worth decoding: at least 8
+ * characters of the (URL-safe) base64 alphabet, `+` possibly turned into a
+ * space by form decoding, padding only at the end, and a length that can be
+ * base64. Hex ids, plain numbers and one-case words are excluded: their
+ * base64 reading is never text. One pass, no allocation.
+ */
+export function base64Shape(s: string): boolean {
+  const n = s.length;
+  if (n < 8) return false;
+  let end = n;
+  while (end > 0 && s.charCodeAt(end - 1) === 61 /* = */) end--;
+  if (n - end > 2 || end % 4 === 1) return false;
+  let lower = false, upper = false, digit = false, other = false, nonHex = false;
+  for (let i = 0; i < end; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 97 && c <= 122) (lower = true), c > 102 && (nonHex = true);
+    else if (c >= 65 && c <= 90) (upper = true), c > 70 && (nonHex = true);
+    else if (c >= 48 && c <= 57) digit = true;
+    else if (c === 43 || c === 47 || c === 95 || c === 45 || c === 32) other = true;
+    else return false;
+  }
+  if (!nonHex && !other) return false;
+  // A single class of characters (all lower case, all digits...) is a word or a number.
+  return (lower ? 1 : 0) + (upper ? 1 : 0) + (digit ? 1 : 0) + (other ? 1 : 0) >= 2;
+}
 
 /**
  * If `s` looks like base64 (standard or URL-safe, padding optional, `+`
@@ -245,11 +268,7 @@ const ONLY_DIGITS_OR_LETTERS = /^(?:[0-9]+|[a-z]+|[A-Z]+)$/;
  * printable UTF-8 text, returns that text; otherwise null.
  */
 export function maybeBase64(s: string): string | null {
-  const n = s.length;
-  if (n < 8 || n % 4 === 1) return null;
-  if (!B64_CHARS.test(s)) return null;
-  // Hex ids, plain numbers and single-case words decode to bytes outside printable text.
-  if (ONLY_HEX.test(s) || ONLY_DIGITS_OR_LETTERS.test(s)) return null;
+  if (!base64Shape(s)) return null;
   const buf = Buffer.from(s.indexOf(' ') === -1 ? s : s.replace(/ /g, '+'), s.indexOf('-') !== -1 || s.indexOf('_') !== -1 ? 'base64url' : 'base64');
   if (buf.length < 5) return null;
   // Injected text is mostly printable ASCII; base64 of binary data (ids, keys, images) is not.

@@ -18,7 +18,7 @@
  */
 import { gunzipSync, inflateSync, brotliDecompressSync } from 'node:zlib';
 import { BextError, globToRegExp } from '../../plugin-api/index.js';
-import { maybeBase64, urlDecode, utf7Decode } from './decode.js';
+import { base64Shape, maybeBase64, urlDecode, utf7Decode } from './decode.js';
 import { parseContentType, parseCookies, parseMultipart, walkJson, walkXml } from './parse.js';
 import { FAMILIES, RULES, RULES_BY_ID, SEVERITY_SCORE, W, type Family, type Rule, type Severity } from './rules.js';
 import { sqlDetect } from './sqli.js';
@@ -181,6 +181,12 @@ interface CompiledExclusion {
   params: Set<string> | null;
 }
 
+/** What inspecting one value found. */
+type Outcome = 0 | 1 | 2;
+const CLEAN = 0;
+const SCANNED = 1;
+const HIT = 2;
+
 /** A rule prepared for the hot loop. */
 interface Compiled {
   rule: Rule;
@@ -204,7 +210,11 @@ const SKIP_HEADERS = new Set([
 const URL_HEADERS = new Set(['referer', 'origin']);
 const URL_ORIGIN = /^https?:\/\/[a-z0-9.-]{1,253}(?::\d{1,5})?(?=\/|$)/i;
 
-const B64_CANDIDATE = /^[A-Za-z0-9+/_ -]{8,}={0,2}$/;
+// Imported bindings are read through accessors once transpiled (tsx); the hot paths use local copies.
+const { PATH: W_PATH, ARG: W_ARG, NAME: W_NAME, HEADER: W_HEADER, COOKIE: W_COOKIE, BODY: W_BODY, XML: W_XML, UA: W_UA } = W;
+const isBase64Shaped = base64Shape;
+const readBase64 = maybeBase64;
+const decodeUrl = urlDecode;
 const BINARY_MIME = /^(?:image|audio|video|font)\/|^application\/(?:octet-stream|pdf|zip|gzip|x-gzip|x-tar|x-7z-compressed|vnd\.|msword|wasm|x-protobuf|protobuf|grpc)/;
 const HEADER_CACHE_MAX = 4096;
 
@@ -336,36 +346,37 @@ export function createWaf(input: Partial<WafConfig> = {}, options: WafOptions = 
     return hit;
   }
 
-  /** Inspects one value (and its base64 reading). Returns whether anything matched. */
-  function value(where: number, prefix: string, name: string | undefined, v: string): boolean {
-    if (v.length === 0) return false;
-    let hit = false;
+  /** Inspects one value (and its base64 reading): CLEAN (pre-filtered), SCANNED (clean after the rules) or HIT. */
+  function value(where: number, prefix: string, name: string | undefined, v: string): Outcome {
+    if (v.length === 0) return CLEAN;
+    let out: Outcome = CLEAN;
     if (prefilter.needs(v)) {
+      out = SCANNED;
       if (v.indexOf('\0') !== -1 || v.indexOf('%00') !== -1) {
         fire(compiled.get(1004)!, prefix, name, 'NUL');
-        hit = true;
+        out = HIT;
       }
-      hit = runRules(rulesFor(where), new Views(v), prefix, name) || hit;
+      if (runRules(rulesFor(where), new Views(v), prefix, name)) out = HIT;
     }
-    if (v.length >= 8 && where !== W.PATH && B64_CANDIDATE.test(v)) {
-      const text = maybeBase64(v);
-      if (text !== null && prefilter.needs(text)) hit = runRules(rulesFor(where), new Views(text), `${prefix} (base64)`, name) || hit;
+    if (where !== W_PATH && isBase64Shaped(v)) {
+      const text = readBase64(v);
+      if (text !== null && prefilter.needs(text)) {
+        if (out === CLEAN) out = SCANNED;
+        if (runRules(rulesFor(where), new Views(text), `${prefix} (base64)`, name)) out = HIT;
+      }
     }
-    return hit;
+    return out;
   }
 
   function inspectPath(path: string): void {
-    value(W.PATH, 'path', undefined, path);
+    value(W_PATH, 'path', undefined, path);
     // Base64 payloads ride in path segments too.
     for (let start = 1; start < path.length; ) {
       let end = path.indexOf('/', start);
       if (end === -1) end = path.length;
       if (end - start >= 8) {
-        const seg = path.slice(start, end);
-        if (B64_CANDIDATE.test(seg)) {
-          const text = maybeBase64(seg);
-          if (text !== null && prefilter.needs(text)) runRules(rulesFor(W.PATH), new Views(text), 'path (base64)', undefined);
-        }
+        const text = readBase64(path.slice(start, end));
+        if (text !== null && prefilter.needs(text)) runRules(rulesFor(W_PATH), new Views(text), 'path (base64)', undefined);
       }
       start = end + 1;
     }
@@ -383,9 +394,9 @@ export function createWaf(input: Partial<WafConfig> = {}, options: WafOptions = 
         if (!budget()) return;
         const eq = raw.indexOf('=', i);
         const pair = eq !== -1 && eq < amp;
-        const name = urlDecode(raw.slice(i, pair ? eq : amp), true);
-        if (name) value(W.NAME, nameLoc, name, name);
-        if (pair) value(W.ARG, prefix, name, urlDecode(raw.slice(eq + 1, amp), true));
+        const name = decodeUrl(raw.slice(i, pair ? eq : amp), true);
+        if (name) value(W_NAME, nameLoc, name, name);
+        if (pair) value(W_ARG, prefix, name, decodeUrl(raw.slice(eq + 1, amp), true));
       }
       i = amp + 1;
     }
@@ -405,12 +416,12 @@ export function createWaf(input: Partial<WafConfig> = {}, options: WafOptions = 
   function header(name: string, v: string): void {
     let cache = useHeaderCache ? headerCache.get(name) : undefined;
     if (cache?.has(v)) return;
-    let hit = false;
+    let out: Outcome = CLEAN;
     if (name === 'cookie') {
       parseCookies(v, (cn, cv) => {
         if (!budget()) return false;
-        if (cn) hit = value(W.NAME, 'cookie-name', cn, cn) || hit;
-        hit = value(W.COOKIE, 'cookie', cn, cv) || hit;
+        if (cn) out = Math.max(out, value(W_NAME, 'cookie-name', cn, cn)) as Outcome;
+        out = Math.max(out, value(W_COOKIE, 'cookie', cn, cv)) as Outcome;
         return true;
       });
     } else {
@@ -420,9 +431,10 @@ export function createWaf(input: Partial<WafConfig> = {}, options: WafOptions = 
         const m = URL_ORIGIN.exec(v);
         if (m) u = v.slice(m[0].length);
       }
-      hit = value(name === 'user-agent' ? W.HEADER | W.UA : W.HEADER, 'header', name, u);
+      out = value(name === 'user-agent' ? W_HEADER | W_UA : W_HEADER, 'header', name, u);
     }
-    if (!hit && !stopped && useHeaderCache) {
+    // Only values that took the full inspection are worth remembering: browsers repeat them (User-Agent).
+    if (out === SCANNED && !stopped && useHeaderCache) {
       if (headerCacheSize >= HEADER_CACHE_MAX) {
         headerCache.clear();
         headerCacheSize = 0;
@@ -461,14 +473,14 @@ export function createWaf(input: Partial<WafConfig> = {}, options: WafOptions = 
       const parts = ct.boundary ? parseMultipart(text, ct.boundary) : null;
       if (!parts) {
         fireId(ct.boundary ? 1008 : 1010, 'body', ctHeader ?? '');
-        value(W.BODY, 'body', undefined, text);
+        value(W_BODY, 'body', undefined, text);
         return;
       }
       for (const p of parts) {
         if (!budget()) return;
-        value(W.NAME, 'multipart-name', p.name, p.name);
-        if (p.filename !== undefined) value(W.NAME, 'filename', p.name, p.filename);
-        else value(W.ARG, 'multipart', p.name, p.value ?? '');
+        value(W_NAME, 'multipart-name', p.name, p.name);
+        if (p.filename !== undefined) value(W_NAME, 'filename', p.name, p.filename);
+        else value(W_ARG, 'multipart', p.name, p.value ?? '');
       }
       return;
     }
@@ -480,13 +492,13 @@ export function createWaf(input: Partial<WafConfig> = {}, options: WafOptions = 
         parsed = JSON.parse(text);
       } catch {
         if (declaredJson) fireId(1008, 'body', 'invalid JSON');
-        value(W.BODY, 'body', undefined, text);
+        value(W_BODY, 'body', undefined, text);
         return;
       }
       const complete = walkJson(
         parsed,
-        (_path, k) => budget() && (value(W.NAME, 'json-key', k, k), true),
-        (path, v) => budget() && (value(W.ARG, 'json', path, v), true),
+        (_path, k) => budget() && (value(W_NAME, 'json-key', k, k), true),
+        (path, v) => budget() && (value(W_ARG, 'json', path, v), true),
       );
       if (!complete && !stopped) fireId(1008, 'body', 'JSON nested too deeply');
       return;
@@ -494,12 +506,12 @@ export function createWaf(input: Partial<WafConfig> = {}, options: WafOptions = 
     if (mime === 'application/xml' || mime === 'text/xml' || mime.endsWith('+xml') || (!BINARY_MIME.test(mime) && trimmed[0] === '<')) {
       let doc = text;
       if (/^\s*<\?xml[^>]{0,200}?encoding\s*=\s*["']\s*utf-?7/i.test(doc)) doc = utf7Decode(doc);
-      runRules(rulesFor(W.XML), new Views(doc), 'xml', undefined);
-      walkXml(doc, (element, v) => budget() && (value(W.ARG, 'xml', element, v), true));
+      runRules(rulesFor(W_XML), new Views(doc), 'xml', undefined);
+      walkXml(doc, (element, v) => budget() && (value(W_ARG, 'xml', element, v), true));
       return;
     }
     if (BINARY_MIME.test(mime)) return;
-    value(W.BODY, 'body', undefined, text);
+    value(W_BODY, 'body', undefined, text);
   }
 
   function inspect(req: WafRequest): WafResult {

@@ -141,7 +141,7 @@ const cmd = (list: readonly string[]): string => String.raw`(?:[\w.~-]{0,64}\/){
 /** Brace expansion runs its first word as a command: `{cat,/etc/passwd}`. */
 const braceCmd = (list: readonly string[]): string => String.raw`\{\s{0,8}(?:[\w.~-]{0,64}\/){0,8}(?:${alt(list)}),`;
 /** What a shell argument looks like, as opposed to an English word. */
-const SHELL_ARG = String.raw`(?:\s{1,8}(?:-{1,2}[a-z0-9]|\/[a-z.]|~\/|\.{1,2}\/|\$|\`|[<>|;&*]|['"]|[\w.-]{1,64}\/[\w.]|(?:https?|ftp):|\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})|\s{0,8}(?:[|;&<>\`)]|\$\(|$))`;
+const SHELL_ARG = String.raw`(?:\s{1,8}(?:-{1,2}[a-z0-9]|\/[a-z.]|~\/|\.{1,2}\/|\$|\`|[<>|;&*]|['"]|[\w.-]{1,64}\/[\w.]|(?:https?|ftp):|\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|%[a-z_]{1,40}%)|\s{0,8}(?:[|;&<>\`)]|\$\(|$))`;
 
 /** Unix and Windows files an attacker reads or writes. */
 const OS_FILES = String.raw`(?:^|[\/\s=:'"(])(?:etc\/(?:passwd|shadow|group|hosts|issue|sudoers|crontab|master\.passwd|fstab|motd|security\/|ssh\/|profile|environment|resolv\.conf|hostname|mysql\/|apache2?\/|nginx\/|httpd\/|php\d?\/|init\.d\/|cron\.d\/|inittab|gshadow|aliases|exports|ld\.so\.|my\.cnf|pam\.d|redhat-release|lsb-release|os-release)|proc\/(?:self|\d{1,7})\/(?:environ|cmdline|maps|mem|fd|status|cwd|exe|root|mounts)|(?:windows|winnt)\/(?:win\.ini|system32|system\.ini|repair|debug|panther|php\.ini)|boot\.ini|win\.ini|system32\/|ntuser\.dat|\.htaccess|\.htpasswd|web\.config|wp-config\.php|\.git\/(?:config|head|index|logs)|\.ssh\/|id_[rde]c?dsa|id_rsa|authorized_keys|\.bash_history|\.bashrc|var\/run\/secrets|dev\/(?:tcp|udp)\/|\.aws\/credentials|\.docker\/config\.json|\.kube\/config)`;
@@ -230,7 +230,7 @@ export const RULES: readonly Rule[] = [
     pattern: /\$\{?ifs\b/ },
   { id: 1306, family: 'rce', paranoia: 1, severity: 'critical', where: INJ, view: 'sh', pre: ['cmd', 'powershell', 'pwsh', 'certutil', 'bitsadmin', 'wmic', 'mshta', 'rundll32', 'regsvr32', 'cscript', 'wscript', 'net', 'reg', 'set', 'tasklist', 'taskkill', 'systeminfo', 'schtasks', 'vssadmin', 'bcdedit', 'icacls', 'type', 'dir'], gate: [';', '|', 'tasklist', 'taskkill', 'systeminfo', { first: WIN_FIRST }],
     msg: 'command injection: Windows command',
-    pattern: re(String.raw`(?:^|[;&|\n\r\`]|\$\()\s{0,16}(?:cmd(?:\.exe)?\s{1,8}\/[ckr]|(?:powershell|pwsh)(?:\.exe)?\s{1,8}[-\/]|(?:certutil|bitsadmin|mshta|rundll32|regsvr32|cscript|wscript|schtasks|vssadmin|bcdedit|icacls)(?:\.exe)?\s|wmic\s{1,8}[a-z]|net(?:\.exe)?\s{1,8}(?:user|localgroup|group|view|use|share|start|stop)\b|reg(?:\.exe)?\s{1,8}(?:query|add|delete|save|export)\b|set\s{1,8}\/[ap]\b|(?:tasklist|taskkill|systeminfo)\b|(?:type|dir)\s{1,8}[a-z]:(?:[\\/\s]|$))`) },
+    pattern: re(String.raw`(?:^|[;&|\n\r\`]|\$\()\s{0,16}(?:cmd(?:\.exe)?\s{1,8}\/[ckr]|(?:powershell|pwsh)(?:\.exe)?\s{1,8}[-\/]|(?:certutil|bitsadmin|mshta|rundll32|regsvr32|cscript|wscript|schtasks|vssadmin|bcdedit|icacls)(?:\.exe)?\s|wmic\s{1,8}[a-z]|net(?:\.exe)?\s{1,8}(?:user|localgroup|group|view|use|share|start|stop)\b|reg(?:\.exe)?\s{1,8}(?:query|add|delete|save|export)\b|set\s{1,8}\/[ap]\b|(?:tasklist|taskkill|systeminfo)\b|(?:type|dir)\s{1,8}(?:[a-z]:(?:[\\/\s]|$)|%[a-z_]{1,40}%))`) },
   { id: 1307, family: 'rce', paranoia: 1, severity: 'critical', where: INJ, view: 'js', pre: ['resume', 'server', 'createobject', 'wscript', 'request', 'response'], gate: ['resume', 'createobject', 'mappath', 'scripttimeout', 'wscript', 'execute', '('], msg: 'ASP / VBScript code injection',
     pattern: /\bon\s{1,8}error\s{1,8}resume\s{1,8}next\b|\bserver\s{0,8}\.\s{0,8}(?:createobject|execute|mappath|scripttimeout)\b|\bcreateobject\s{0,8}\(\s{0,8}["']?\s{0,8}(?:wscript|scripting|adodb|msxml2|shell)\b|\bwscript\s{0,8}\.\s{0,8}shell\b|\b(?:eval|execute)\s{0,8}\(\s{0,8}request\b|\bresponse\s{0,8}\.\s{0,8}(?:write|binarywrite)\s{0,8}\(/ },
   { id: 1308, family: 'rce', paranoia: 2, severity: 'critical', where: INJ, view: 'sh', pre: [';', '&', '|', '\n', '\r', '`', '$(', '{'], gate: [], msg: 'command injection: separator followed by a command word',
@@ -297,7 +297,8 @@ export const RULES: readonly Rule[] = [
 
   // ── NoSQL, LDAP, mail, SSI, XML ──────────────────────────────────────────
   { id: 1651, family: 'nosql', paranoia: 1, severity: 'critical', where: VALUES | W.PATH, view: 'dec', pre: ['$'], msg: 'MongoDB query operator',
-    pattern: /(?:^|[\s{,[(])['"]?\$(?:where|ne|eq|gt|gte|lt|lte|in|nin|or|and|not|nor|regex|exists|expr|elemmatch|function|accumulator|lookup|all|size|type|mod|jsonschema|text|comment|rand)['"]?\s{0,8}[:\]]/ },
+    // Operators that are also common words (`$in`, `$text`) count only with an operand object or a list of values, so GraphQL variable declarations (`($text: String, $in: [ID!])`) do not.
+    pattern: /(?:^|[\s{,[(])['"]?\$(?:where|ne|eq|gt|gte|lt|lte|nin|nor|regex|exists|expr|elemmatch|function|accumulator|lookup|jsonschema)['"]?\s{0,8}[:\]]|(?:^|[\s{,[(])['"]?\$(?:in|or|and|not|all|size|type|mod|text|comment|rand)['"]?\s{0,8}:\s{0,8}(?:\{|\[\s{0,8}(?:[\d'"{[\]-]|true\b|false\b|null\b))/ },
   { id: 1652, family: 'nosql', paranoia: 1, severity: 'critical', where: W.NAME, view: 'dec', pre: ['$'], msg: 'MongoDB query operator in a parameter name',
     pattern: /(?:^|[[.])\$(?:where|ne|eq|gt|gte|lt|lte|in|nin|or|and|not|nor|regex|exists|expr|elemmatch|function|accumulator|all|size|type|mod|jsonschema)(?:$|\])/ },
   { id: 1653, family: 'nosql', paranoia: 1, severity: 'critical', where: INJ, view: 'dec', pre: ['db'], gate: ['('], msg: 'MongoDB shell method',

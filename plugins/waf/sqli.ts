@@ -129,7 +129,8 @@ export function tokenize(s: string, quote: string | null, max = 4096): Token[] {
         while (i < n && isWord(s.charCodeAt(i))) i++;
       } else {
         while (i < n && isDigit(s.charCodeAt(i))) i++;
-        if (s.charCodeAt(i) === 46) {
+        // `20.5` is a number; in `20.to_i` the dot is member access.
+        if (s.charCodeAt(i) === 46 && isDigit(s.charCodeAt(i + 1))) {
           i++;
           while (i < n && isDigit(s.charCodeAt(i))) i++;
         }

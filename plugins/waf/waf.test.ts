@@ -105,6 +105,9 @@ const BENIGN = [
   'select, insert and update are SQL verbs', 'Time: 12:00 (noon)', 'Size M/L', 'Order #12345 (express)', 'a-b=c', '[1, 2, 3]',
   'alert level: orange', 'confirm (by email) your booking', 'Type your message here...', '1 + 1 = 2', 'node --version prints v20',
   'Scripts are in the /scripts folder', "I'll be there at 5 o'clock; don't wait", 'path/to/file.txt', 'version 1.2.3-beta+build.5',
+  'query Search($text: String!, $in: [ID!]) { search(text: $text) { id name } }', 'for=192.0.2.60;proto=http;by=203.0.113.43',
+  '1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed', '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01', '{"theme":"dark","lang":"fr"}',
+  'Hello, I ordered item #4411 (blue, size 42) and it never arrived. Could you check? Thanks! -- Jane',
 ];
 
 describe('detection by class (payloads not taken from the corpus)', () => {
