@@ -200,6 +200,8 @@ export interface HubCounters {
   delivered: number;
   replayed: number;
   missed: number;
+  /** Times the relay came back and followed topics were re-read from history. */
+  resyncs: number;
   drops: Record<string, number>;
 }
 
@@ -209,7 +211,7 @@ export class Hub {
   readonly topics = new Map<string, Topic>();
   readonly patterns = new PatternIndex<PatternChannel>();
   readonly conns = new Set<Conn>();
-  readonly counters: HubCounters = { published: 0, delivered: 0, replayed: 0, missed: 0, drops: {} };
+  readonly counters: HubCounters = { published: 0, delivered: 0, replayed: 0, missed: 0, resyncs: 0, drops: {} };
   relay: Relay | null = null;
   readonly #opts: HubOptions;
   #seq = 0;
@@ -509,6 +511,7 @@ export class Hub {
 
   /** Re-reads each followed topic's history after the relay reconnected. */
   async resync(): Promise<void> {
+    this.counters.resyncs++;
     const followed = [...this.topics.values()].filter((t) => t.subs.size > 0 || (this.patterns.size > 0 && this.patterns.any(t.segs)));
     await Promise.all(
       followed.map(async (t) => {
