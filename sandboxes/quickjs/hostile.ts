@@ -64,6 +64,10 @@ const attacks = {
   async asyncThrowObject() { throw { toString() { throw new Error('nested'); } }; },
   throwGetterLoop() { throw { get message() { for (;;) {} }, get name() { for (;;) {} } }; },
   never() { return new Promise(() => {}); },
+  atomicsWait() {
+    try { Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0); } catch (e) { /* refused to block: spin instead */ }
+    for (;;) {}
+  },
   async spinAfterAwait() { await bext_config(); for (;;) {} },
   async bombAfterHostCall() { await bext_kv_get('k'); const a = []; for (;;) a.push(new Array(1 << 16).fill(a.length)); },
 };
@@ -120,6 +124,8 @@ export function hostileSuite(host: SandboxHost, kind: 'quickjs' | 'isolate'): vo
       ['thenTrap', 'BEXT_ERR_PLUGIN_TIMEOUT'],
       ['throwGetterLoop', 'BEXT_ERR_PLUGIN_TIMEOUT'],
       ['never', 'BEXT_ERR_PLUGIN_TIMEOUT'],
+      // Blocking the thread on a futex, or (where Atomics.wait refuses to block) spinning.
+      ['atomicsWait', 'BEXT_ERR_PLUGIN_TIMEOUT'],
       ['spinAfterAwait', 'BEXT_ERR_PLUGIN_TIMEOUT'],
       ['bombAfterHostCall', kind === 'quickjs' ? 'BEXT_ERR_SANDBOX_LIMIT' : EITHER],
     ];
