@@ -385,7 +385,13 @@ class QuickVm implements EngineVm {
   /** Measures the runtime's real memory use; sets the flag that turns the interrupt into a limit error. */
   #overLimit(): boolean {
     this.#callsSinceCheck = 0;
-    this.#lastUsage = this.memoryBytes();
+    try {
+      this.#lastUsage = this.memoryBytes();
+    } catch {
+      // Measuring allocates inside the runtime; failing to is itself a sign of exhaustion.
+      // (This runs inside the interrupt handler, where an exception must not escape.)
+      this.#lastUsage = Infinity;
+    }
     if (this.#lastUsage <= this.#memLimit) return false;
     this.#memExceeded = true;
     return true;
@@ -471,10 +477,14 @@ class QuickVm implements EngineVm {
     this.drain();
   }
 
+  /** Bytes the runtime really holds (JS_ComputeMemoryUsage walks its objects; NaN if it cannot allocate the answer). */
   memoryBytes(): number {
     const h = this.#rt.computeMemoryUsage();
     try {
-      return (this.#ctx.dump(h) as { memory_used_size: number }).memory_used_size;
+      const v = this.#ctx.getProp(h, 'memory_used_size');
+      const n = this.#ctx.typeof(v) === 'number' ? this.#ctx.getNumber(v) : NaN;
+      v.dispose();
+      return n;
     } finally {
       h.dispose();
     }
