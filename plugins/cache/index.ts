@@ -58,6 +58,8 @@ interface Lookup {
   tenant: string;
   hasAuth: boolean;
   force: boolean;
+  /** An entry was found but was too old to serve (Cache-Status says fwd=stale rather than miss). */
+  expired?: boolean;
   /** Conditional headers, saved before they are removed for a render. */
   inm?: string | string[];
   ims?: string | string[];
@@ -117,8 +119,10 @@ function raceTimeout<T>(p: Promise<T>, ms: number): Promise<T | typeof TIMEOUT> 
 async function readBody(res: ResponseData, limit: number): Promise<{ buf: Buffer } | { over: Body }> {
   const b = res.body !== undefined ? res.body : typeof res.bodyBase64 === 'string' ? Buffer.from(res.bodyBase64, 'base64') : null;
   if (b === null || b === undefined) return { buf: Buffer.alloc(0) };
-  if (typeof b === 'string') return { buf: Buffer.from(b) };
-  if (b instanceof Uint8Array) return { buf: Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength) };
+  if (typeof b === 'string' || b instanceof Uint8Array) {
+    const buf = typeof b === 'string' ? Buffer.from(b) : Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+    return buf.length > limit ? { over: buf } : { buf };
+  }
   const it = (b as AsyncIterable<Uint8Array | string>)[Symbol.asyncIterator]();
   const chunks: Buffer[] = [];
   let size = 0;
@@ -691,7 +695,7 @@ export default definePlugin(async (host) => {
         l2Failed(e);
       }
     }
-    return { kind: 'stored', entry, how: 'filled', hadStale: stale !== null, fwdStatus: res.status };
+    return { kind: 'stored', entry, how: 'filled', hadStale: stale !== null || c.expired === true, fwdStatus: res.status };
   }
 
   /** Waits for another instance that holds the fill lock; resolves to its entry, or null to render here. */
@@ -742,6 +746,7 @@ export default definePlugin(async (host) => {
             putL1(e);
             return { kind: 'stored', entry: e, how: 'l2' };
           }
+          c.expired = true;
           if (st === 'expired' && (!stale || e.storedAt > stale.storedAt)) stale = e;
         }
       }
@@ -1092,6 +1097,7 @@ export default definePlugin(async (host) => {
         if (e) {
           const r = fromStore(e, c, req, next, 'l1', false);
           if (r) return r;
+          c.expired = true;
           if (usableOnError(e, now())) stale = e;
         }
       }
