@@ -136,11 +136,11 @@ export class L2 {
         this.#lastId = last[0]?.[0] ?? '0-0';
         await this.#loadTagHashes();
       } else await this.sync();
+      this.#everUp = true;
+      this.#up = true;
       const pending = this.#pending;
       this.#pending = [];
       for (const inv of pending) await this.invalidate(inv);
-      this.#everUp = true;
-      this.#up = true;
       this.#reported = true;
       this.#o.onState(true, '');
       this.#redis.emit('bext-synced');
