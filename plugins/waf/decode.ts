@@ -59,7 +59,7 @@ export function urlDecode(s: string, plus = false): string {
   let i = s.indexOf('%');
   const p = plus ? s.indexOf('+') : -1;
   if (i === -1 && p === -1) return s;
-  if (i === -1) return s.replace(/\+/g, ' ');
+  if (i === -1) return s.replaceAll('+', ' ');
   let out = '';
   let last = 0;
   const n = s.length;
@@ -83,6 +83,13 @@ export function urlDecode(s: string, plus = false): string {
     const h = hexVal(s[i + 1]);
     const l = hexVal(s[i + 2]);
     if (h < 0 || l < 0) continue;
+    // One ASCII byte on its own (the common `%40`, `%2F`) needs no UTF-8 decoding.
+    if (h < 8 && s.charCodeAt(i + 3) !== 37) {
+      out += s.slice(last, i) + String.fromCharCode((h << 4) | l);
+      i += 2;
+      last = i + 1;
+      continue;
+    }
     const bytes: number[] = [];
     let j = i;
     while (j + 2 < n && s.charCodeAt(j) === 37) {
@@ -259,7 +266,14 @@ export function base64Shape(s: string): boolean {
   }
   if (!nonHex && !other) return false;
   // A single class of characters (all lower case, all digits...) is a word or a number.
-  return (lower ? 1 : 0) + (upper ? 1 : 0) + (digit ? 1 : 0) + (other ? 1 : 0) >= 2;
+  if ((lower ? 1 : 0) + (upper ? 1 : 0) + (digit ? 1 : 0) + (other ? 1 : 0) < 2) return false;
+  // Each group of 4 starts with the top 6 bits of a byte: for ASCII text that is A-Z or a-f.
+  let off = 0;
+  for (let i = 0; i < end; i += 4) {
+    const c = s.charCodeAt(i);
+    if (!((c >= 65 && c <= 90) || (c >= 97 && c <= 102))) off++;
+  }
+  return off * 5 <= Math.ceil(end / 4);
 }
 
 /**

@@ -21,9 +21,9 @@ import { BextError, globToRegExp } from '../../plugin-api/index.js';
 import { base64Shape, maybeBase64, urlDecode, utf7Decode } from './decode.js';
 import { parseContentType, parseCookies, parseMultipart, walkJson, walkXml } from './parse.js';
 import { FAMILIES, RULES, RULES_BY_ID, SEVERITY_SCORE, W, type Family, type Rule, type Severity } from './rules.js';
-import { sqlDetect } from './sqli.js';
-import { Views } from './views.js';
-import { Prefilter, type Gate } from './prefilter.js';
+import { sqlDetect, type SqlDetectorName } from './sqli.js';
+import { VIEW_INDEX, Views } from './views.js';
+import { LiteralIndex, Prefilter, type Gate } from './prefilter.js';
 
 export { FAMILIES, RULES, type Family, type Rule, type Severity } from './rules.js';
 
@@ -193,8 +193,16 @@ interface Compiled {
   /** Index into the per-rule "already scored" table. */
   idx: number;
   score: number;
-  view: Rule['view'];
+  /** Index of the rule's view in VIEW_INDEX. */
+  vi: number;
+  /** Literals checked before the rule runs (empty: always run). */
   pre: readonly string[];
+  hasPre: boolean;
+  // One object shape for every rule, so the hot loop's property loads stay monomorphic.
+  pattern: RegExp | null;
+  sql: SqlDetectorName | null;
+  chars: RegExp | null;
+  minChars: number;
 }
 
 /** Headers whose values are protocol machinery that applications do not interpret as data. */
@@ -232,8 +240,21 @@ export function createWaf(input: Partial<WafConfig> = {}, options: WafOptions = 
   const maxArgs = config.maxArgs;
   const active = RULES.filter((r) => r.paranoia <= pl);
   const compiled = new Map<number, Compiled>();
-  RULES.forEach((rule, idx) => compiled.set(rule.id, { rule, idx, score: SEVERITY_SCORE[rule.severity], view: rule.view, pre: rule.pre }));
+  // A long literal list costs more to check one by one than the rule's own pattern (a single alternation, often anchored).
+  RULES.forEach((rule, idx) => {
+    const pre = rule.pre.length > 8 && rule.pattern ? [] : rule.pre;
+    compiled.set(rule.id, {
+      rule, idx, score: SEVERITY_SCORE[rule.severity], vi: VIEW_INDEX[rule.view], pre, hasPre: pre.length > 0,
+      pattern: rule.pattern ?? null, sql: rule.sql ?? null, chars: rule.charCount?.chars ?? null, minChars: rule.charCount?.min ?? 0,
+    });
+  });
+  const ruleCount = RULES.length;
+  /** Per view index, per rule: the mark of the last value whose view holds one of the rule's literals. */
+  const foundIn = [0, 1, 2, 3, 4].map(() => new Uint32Array(ruleCount));
+  let viewMark = 0;
+  const newViews = (v: string): Views => new Views(v, (viewMark = (viewMark + 1) >>> 0 || 1));
   const matchable = active.filter((r) => !r.engine).map((r) => compiled.get(r.id)!);
+  const literals = new LiteralIndex(matchable.flatMap((c) => c.pre.map((lit) => ({ lit, id: c.idx }))));
   const byWhere = new Map<number, Compiled[]>();
   const rulesFor = (where: number): Compiled[] => {
     let l = byWhere.get(where);
@@ -321,23 +342,25 @@ export function createWaf(input: Partial<WafConfig> = {}, options: WafOptions = 
     for (let i = 0; i < rules.length; i++) {
       const c = rules[i]!;
       if (scored[c.idx] === gen) continue;
-      const s = c.view === 'raw' ? views.raw : views.get(c.view);
-      const pre = c.pre;
-      if (pre.length) {
-        let k = 0;
-        while (k < pre.length && s.indexOf(pre[k]!) === -1) k++;
-        if (k === pre.length) continue;
+      const vi = c.vi;
+      const s = views.at(vi);
+      if (c.hasPre) {
+        const found = foundIn[vi]!;
+        if ((views.scanned & (1 << vi)) === 0) {
+          literals.scan(s, found, views.mark);
+          views.scanned |= 1 << vi;
+        }
+        if (found[c.idx] !== views.mark) continue;
       }
-      const r = c.rule;
       let data: string | null = null;
-      if (r.pattern) {
-        const m = r.pattern.exec(s);
+      if (c.pattern !== null) {
+        const m = c.pattern.exec(s);
         if (m) data = m[0];
-      } else if (r.sql) {
-        data = sqlDetect(r.sql, s, views.sql);
-      } else if (r.charCount) {
-        const found = s.match(r.charCount.chars);
-        if (found && found.length >= r.charCount.min) data = found.join('');
+      } else if (c.sql !== null) {
+        data = sqlDetect(c.sql, s, views.sql);
+      } else if (c.chars !== null) {
+        const found = s.match(c.chars);
+        if (found && found.length >= c.minChars) data = found.join('');
       }
       if (data === null) continue;
       hit = true;
@@ -356,13 +379,13 @@ export function createWaf(input: Partial<WafConfig> = {}, options: WafOptions = 
         fire(compiled.get(1004)!, prefix, name, 'NUL');
         out = HIT;
       }
-      if (runRules(rulesFor(where), new Views(v), prefix, name)) out = HIT;
+      if (runRules(rulesFor(where), newViews(v), prefix, name)) out = HIT;
     }
     if (where !== W_PATH && isBase64Shaped(v)) {
       const text = readBase64(v);
       if (text !== null && prefilter.needs(text)) {
         if (out === CLEAN) out = SCANNED;
-        if (runRules(rulesFor(where), new Views(text), `${prefix} (base64)`, name)) out = HIT;
+        if (runRules(rulesFor(where), newViews(text), `${prefix} (base64)`, name)) out = HIT;
       }
     }
     return out;
@@ -376,7 +399,7 @@ export function createWaf(input: Partial<WafConfig> = {}, options: WafOptions = 
       if (end === -1) end = path.length;
       if (end - start >= 8) {
         const text = readBase64(path.slice(start, end));
-        if (text !== null && prefilter.needs(text)) runRules(rulesFor(W_PATH), new Views(text), 'path (base64)', undefined);
+        if (text !== null && prefilter.needs(text)) runRules(rulesFor(W_PATH), newViews(text), 'path (base64)', undefined);
       }
       start = end + 1;
     }
@@ -506,7 +529,7 @@ export function createWaf(input: Partial<WafConfig> = {}, options: WafOptions = 
     if (mime === 'application/xml' || mime === 'text/xml' || mime.endsWith('+xml') || (!BINARY_MIME.test(mime) && trimmed[0] === '<')) {
       let doc = text;
       if (/^\s*<\?xml[^>]{0,200}?encoding\s*=\s*["']\s*utf-?7/i.test(doc)) doc = utf7Decode(doc);
-      runRules(rulesFor(W_XML), new Views(doc), 'xml', undefined);
+      runRules(rulesFor(W_XML), newViews(doc), 'xml', undefined);
       walkXml(doc, (element, v) => budget() && (value(W_ARG, 'xml', element, v), true));
       return;
     }

@@ -29,9 +29,9 @@ export class Prefilter {
   /** Per ASCII code: 0 transform trigger, else automaton symbol + 1. */
   readonly #sym = new Uint8Array(128);
   readonly #k: number;
+  /** Transitions: row offset of the next state; column 0 holds the state's output (1 hit, 2 confirm). */
   #delta: Uint16Array | Int32Array = new Uint16Array(0);
-  /** Per state: 1 unconditional hit; 2 needs a confirmation. */
-  #out: Uint8Array = new Uint8Array(0);
+  /** Confirmations by row offset. */
   #confirms: (RegExp[] | undefined)[] = [];
   readonly #first: Set<string>;
 
@@ -53,6 +53,8 @@ export class Prefilter {
       else lits.push({ lit: g.lit.toLowerCase(), confirm: g.confirm });
     }
     this.#first = first;
+    // `..` and `--` change meaning (traversal, SQL comment) without any transform character.
+    lits.push({ lit: '..' }, { lit: '--' });
     this.#build(lits.filter((l) => ![...l.lit].some((ch) => ch.charCodeAt(0) >= 128 || this.#sym[ch.charCodeAt(0)] === 0)));
   }
 
@@ -60,38 +62,40 @@ export class Prefilter {
   needs(v: string): boolean {
     const sym = this.#sym;
     const delta = this.#delta;
-    const out = this.#out;
-    const k = this.#k;
+    const n = v.length;
+    let space = -1;
+    // A state is the offset of its row; column 0 (no symbol uses it) holds the state's output.
     let state = 0;
-    let prev = 0;
-    for (let i = 0; i < v.length; i++) {
+    for (let i = 0; i < n; i++) {
       const c = v.charCodeAt(i);
       if (c >= 128) return true;
       const s = sym[c]!;
       if (s === 0) return true;
-      // `..` and `--` change meaning (traversal, SQL comment) without any transform character.
-      if ((c === 46 || c === 45) && prev === c) return true;
-      prev = c;
-      state = delta[state * k + s]!;
-      const o = out[state]!;
-      if (o === 1) return true;
-      if (o === 2) for (const re of this.#confirms[state]!) if (re.test(v)) return true;
-    }
-    if (this.#first.size) {
-      let a = 0;
-      while (a < v.length && v.charCodeAt(a) === 32) a++;
-      let b = a;
-      while (b < v.length && v.charCodeAt(b) !== 32) b++;
-      // A first word counts only when something follows it: `cat /etc/passwd`, not `cat`.
-      if (b > a && b < v.length) {
-        let w = v.slice(a, b).toLowerCase();
-        const slash = w.lastIndexOf('/');
-        if (slash !== -1) w = w.slice(slash + 1);
-        if (w.endsWith('.exe')) w = w.slice(0, -4);
-        if (this.#first.has(w)) return true;
+      if (c === 32 && space === -1) space = i;
+      state = delta[state + s]!;
+      const o = delta[state]!;
+      if (o !== 0) {
+        if (o === 1) return true;
+        for (const re of this.#confirms[state]!) if (re.test(v)) return true;
       }
     }
-    return false;
+    return space !== -1 && this.#firstWord(v);
+  }
+
+  /** The first word (after leading spaces, path and `.exe` stripped) is a gate word and something follows it. */
+  #firstWord(v: string): boolean {
+    if (this.#first.size === 0) return false;
+    let a = 0;
+    while (a < v.length && v.charCodeAt(a) === 32) a++;
+    let b = a;
+    while (b < v.length && v.charCodeAt(b) !== 32) b++;
+    // A first word counts only when something follows it: `cat /etc/passwd`, not `cat`.
+    if (b === a || b === v.length) return false;
+    let w = v.slice(a, b).toLowerCase();
+    const slash = w.lastIndexOf('/');
+    if (slash !== -1) w = w.slice(slash + 1);
+    if (w.endsWith('.exe')) w = w.slice(0, -4);
+    return this.#first.has(w);
   }
 
   #build(lits: { lit: string; confirm?: RegExp }[]): void {
@@ -122,13 +126,13 @@ export class Prefilter {
       } else out[st] = 1;
     }
     const n = goto.length;
-    const delta = n < 65536 ? new Uint16Array(n * k) : new Int32Array(n * k);
+    const delta = n * k < 65536 ? new Uint16Array(n * k) : new Int32Array(n * k);
     const fail = new Int32Array(n);
     const queue: number[] = [];
     for (let s = 1; s < k; s++) {
       const nx = goto[0]![s];
       if (nx !== undefined) {
-        delta[s] = nx;
+        delta[s] = nx * k;
         fail[nx] = 0;
         queue.push(nx);
       }
@@ -145,14 +149,107 @@ export class Prefilter {
       for (let s = 1; s < k; s++) {
         const nx = goto[st]![s];
         if (nx !== undefined) {
-          fail[nx] = delta[f * k + s]!;
-          delta[st * k + s] = nx;
+          fail[nx] = delta[f * k + s]! / k;
+          delta[st * k + s] = nx * k;
           queue.push(nx);
         } else delta[st * k + s] = delta[f * k + s]!;
       }
     }
+    const confirmsByRow: (RegExp[] | undefined)[] = [];
+    for (let st = 0; st < n; st++) {
+      delta[st * k] = out[st]!;
+      if (confirms[st]) confirmsByRow[st * k] = confirms[st];
+    }
     this.#delta = delta;
-    this.#out = Uint8Array.from(out);
-    this.#confirms = confirms;
+    this.#confirms = confirmsByRow;
+  }
+}
+
+/**
+ * Which rules' literals occur in a string: one Aho-Corasick pass marks every
+ * rule one of whose literals is present, instead of one `indexOf` per
+ * literal per rule.
+ */
+export class LiteralIndex {
+  /** Symbol per ASCII code: characters in some literal get 2…; all others share 1. Column 0 of a row marks its outputs. */
+  readonly #sym = new Uint8Array(128).fill(1);
+  readonly #delta: Uint16Array | Int32Array;
+  /** Rule indexes found at a state (including through failure links); column 0 of the state's row holds 1 + the index here. */
+  readonly #outs: number[][] = [];
+
+  constructor(entries: readonly { lit: string; id: number }[]) {
+    const sym = this.#sym;
+    let k = 2;
+    for (const { lit } of entries) {
+      for (const ch of lit.toLowerCase()) {
+        const c = ch.charCodeAt(0);
+        if (c < 128 && sym[c] === 1) sym[c] = k++;
+      }
+    }
+    for (let c = 65; c <= 90; c++) sym[c] = sym[c + 32]!;
+    const K = k;
+    const goto: Map<number, number>[] = [new Map()];
+    const outs: number[][] = [[]];
+    for (const { lit, id } of entries) {
+      if (!lit || [...lit].some((ch) => ch.charCodeAt(0) >= 128)) continue;
+      let st = 0;
+      for (let i = 0; i < lit.length; i++) {
+        const s = sym[lit.charCodeAt(i)]!;
+        let nx = goto[st]!.get(s);
+        if (nx === undefined) {
+          nx = goto.length;
+          goto.push(new Map());
+          outs.push([]);
+          goto[st]!.set(s, nx);
+        }
+        st = nx;
+      }
+      if (!outs[st]!.includes(id)) outs[st]!.push(id);
+    }
+    const n = goto.length;
+    const delta = n * K < 65536 ? new Uint16Array(n * K) : new Int32Array(n * K);
+    const fail = new Int32Array(n);
+    const queue: number[] = [];
+    for (const [s, nx] of goto[0]!) {
+      delta[s] = nx * K;
+      queue.push(nx);
+    }
+    for (let qi = 0; qi < queue.length; qi++) {
+      const st = queue[qi]!;
+      const f = fail[st]!;
+      for (const id of outs[f]!) if (!outs[st]!.includes(id)) outs[st]!.push(id);
+      // Symbol 1 (a character in no literal) always leads back to the root: its entry stays 0.
+      for (let s = 2; s < K; s++) {
+        const nx = goto[st]!.get(s);
+        if (nx !== undefined) {
+          fail[nx] = delta[f * K + s]! / K;
+          delta[st * K + s] = nx * K;
+          queue.push(nx);
+        } else delta[st * K + s] = delta[f * K + s]!;
+      }
+    }
+    for (let st = 0; st < n; st++) {
+      if (outs[st]!.length) {
+        this.#outs.push(outs[st]!);
+        delta[st * K] = this.#outs.length;
+      }
+    }
+    this.#delta = delta;
+  }
+
+  /** Sets `found[id] = mark` for every id with a literal in `s`. */
+  scan(s: string, found: Uint32Array, mark: number): void {
+    const delta = this.#delta;
+    const sym = this.#sym;
+    let state = 0;
+    for (let i = 0; i < s.length; i++) {
+      const c = s.charCodeAt(i);
+      state = delta[state + (c < 128 ? sym[c]! : 1)]!;
+      const o = delta[state]!;
+      if (o !== 0) {
+        const ids = this.#outs[o - 1]!;
+        for (let k = 0; k < ids.length; k++) found[ids[k]!] = mark;
+      }
+    }
   }
 }

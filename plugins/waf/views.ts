@@ -9,6 +9,9 @@ import type { SqlCache } from './sqli.js';
 /** Names of the views a rule can match against. */
 export type ViewName = 'dec' | 'sh' | 'js' | 'fs';
 
+/** Views by number, for the engine's hot loop. */
+export const VIEW_INDEX: Readonly<Record<ViewName | 'raw', number>> = { dec: 0, sh: 1, js: 2, fs: 3, raw: 4 };
+
 const SHELL_QUOTES = /[\\'"^]/g;
 const IFS = /\$\{?ifs\}?/g;
 const EMPTY_EXPANSION = /\$(?:[\d@*]|\{\s*\})/g;
@@ -23,9 +26,18 @@ export class Views {
   #fs?: string;
   /** Token lists for the SQL detectors. */
   readonly sql: SqlCache = [];
+  /** Bit per view index (see VIEW_INDEX): its literals have been looked up (by the engine). */
+  scanned = 0;
+  /** Identifies this value in the engine's per-rule literal tables. */
+  readonly mark: number;
 
-  /** @param raw the value as extracted (query and form values already form-decoded once). */
-  constructor(readonly raw: string) {}
+  /**
+   * @param raw the value as extracted (query and form values already form-decoded once).
+   * @param mark a number no other live Views of the same engine has.
+   */
+  constructor(readonly raw: string, mark = 0) {
+    this.mark = mark;
+  }
 
   /** Fully decoded (URL, entities, JS escapes, Unicode folding), lower-cased. */
   get dec(): string {
@@ -70,12 +82,14 @@ export class Views {
     return this.#fs;
   }
 
-  get(name: ViewName): string {
-    switch (name) {
-      case 'dec': return this.dec;
-      case 'sh': return this.sh;
-      case 'js': return this.js;
-      case 'fs': return this.fs;
+  /** A view by its index in VIEW_INDEX. */
+  at(i: number): string {
+    switch (i) {
+      case 0: return this.dec;
+      case 1: return this.sh;
+      case 2: return this.js;
+      case 3: return this.fs;
+      default: return this.raw;
     }
   }
 }
