@@ -6,7 +6,13 @@ import {
   BextError, DEFAULT_LIMITS,
   type HookName, type Manifest, type PluginStatus, type SandboxInstance, type SandboxKind,
 } from '../plugin-api/index.js';
+import type { HookTiming } from '../plugin-api/index.js';
 import type { Logger } from './log.js';
+
+interface Traced {
+  timings?: HookTiming[] | null;
+  t0?: number;
+}
 import { newHookCounters, type HookCounters } from './metrics.js';
 
 /** Returned in place of a decision when a hook failed or was skipped. */
@@ -86,17 +92,32 @@ export class LoadedPlugin {
     }
     const c = this.counter(hook);
     const t0 = performance.now();
+    // Request capture: the request carries a timings array only while someone observes requests.
+    const trace = a !== null && typeof a === 'object' ? (a as Traced).timings : undefined;
     let r: unknown;
     try {
       r = fn(a, b);
     } catch (e) {
-      return this.#failed(hook, c, t0, e);
+      const f = this.#failed(hook, c, t0, e);
+      if (trace) this.#trace(trace, a as Traced, hook, t0, f.error.code);
+      return f;
     }
     if (r !== null && typeof r === 'object' && typeof (r as { then?: unknown }).then === 'function') {
-      return this.#settle(hook, c, t0, r as PromiseLike<unknown>);
+      const p = this.#settle(hook, c, t0, r as PromiseLike<unknown>);
+      if (!trace) return p;
+      return p.then((v) => {
+        this.#trace(trace, a as Traced, hook, t0, v instanceof HookFailure ? v.error.code : undefined);
+        return v;
+      });
     }
     this.#ok(c, t0);
+    if (trace) this.#trace(trace, a as Traced, hook, t0, undefined);
     return r;
+  }
+
+  #trace(list: HookTiming[], req: Traced, hook: HookName, t0: number, error: string | undefined): void {
+    const now = performance.now();
+    list.push({ plugin: this.name, hook, startMs: t0 - (req.t0 ?? t0), durMs: now - t0, ...(error ? { error } : {}) });
   }
 
   #settle(hook: HookName, c: HookCounters, t0: number, p: PromiseLike<unknown>): Promise<unknown> {

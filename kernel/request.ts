@@ -37,8 +37,24 @@ export class BextRequest implements TrustedRequest {
   group?: string;
   /** Headers that onRequest plugins asked to add to the response. */
   responseHeaders: Headers | null = null;
+  /** Per-hook timings, collected only while request observers exist. */
+  timings: import('../plugin-api/index.js').HookTiming[] | null = null;
+  /** performance.now() at the start of the request. */
+  t0 = 0;
+  /** The response, for early hints. */
+  out: import('node:http').ServerResponse | null = null;
   #bodyLimit: number;
   #bodyPromise: Promise<Buffer> | null = null;
+
+  earlyHints(hints: Record<string, string | string[]>): void {
+    const out = this.out;
+    if (!out || out.headersSent || typeof out.writeEarlyHints !== 'function') return;
+    try {
+      out.writeEarlyHints(hints);
+    } catch {
+      // A client that went away, or a protocol that cannot carry 103: the final answer still goes out.
+    }
+  }
 
   constructor(raw: IncomingMessage, path: string, query: string, host: string, bodyLimit: number) {
     this.id = prefix + (++seq).toString(36);

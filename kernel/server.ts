@@ -15,7 +15,7 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import {
   BextError, DEFAULT_LIMITS,
   type ConnectInfo, type Headers, type HookName, type KernelServices, type LogLevel, type PluginStatus,
-  type PublishMessage, type ResponseData, type ResponseHead, type RouteDecision, type SandboxKind,
+  type PublishMessage, type RequestRecord, type ResponseData, type ResponseHead, type RouteDecision, type SandboxKind,
 } from '../plugin-api/index.js';
 import { sandboxHost } from '../sandboxes/registry.js';
 import { compileChains, type ChainEntry, type CompiledChains, type CompiledGroup, type RouteStore } from './chains.js';
@@ -120,6 +120,7 @@ export class Kernel {
   #httpCounts = new Map<string, { group: string; method: string; cls: string; n: number }>();
   #httpLatency = new Map<string, FastHistogram>();
   #clientErrors = new Map<string, number>();
+  #observers = new Set<(r: RequestRecord) => void>();
   /** Degraded notes set by a plugin while its factory still runs. */
   #pendingDegraded = new Map<string, string | null>();
   #adminToken: Buffer | null;
@@ -279,7 +280,10 @@ export class Kernel {
     this.#app.removeAllContentTypeParsers();
     // Bodies stay unread: plugins read them (bounded) only when they ask.
     this.#app.addContentTypeParser('*', (_req, _payload, done) => done(null, undefined));
-    const handler = (req: FastifyRequest, reply: FastifyReply) => this.#handle(req.raw, reply);
+    const handler = (req: FastifyRequest, reply: FastifyReply) => {
+      reply.hijack();
+      this.#handle(req.raw, reply.raw);
+    };
     this.#app.all('/', handler);
     this.#app.all('/*', handler);
   }
@@ -389,17 +393,20 @@ export class Kernel {
     const qi = url.indexOf('?');
     const path = qi === -1 ? url : url.slice(0, qi);
     const query = qi === -1 ? '' : url.slice(qi + 1);
-    const host = hostOf(raw.headers.host);
+    const host = hostOf(raw.headers.host ?? (raw.headers[':authority'] as string | undefined));
     const group = this.#group(host, path);
     const req = new BextRequest(raw, path, query, host, this.config.server.bodyLimit);
     req.group = group.name;
     return { req, group };
   }
 
-  #handle(raw: IncomingMessage, reply: FastifyReply): void {
+  #handle(raw: IncomingMessage, out: ServerResponse): void {
     const t0 = performance.now();
     this.#inflight++;
     const { req, group } = this.#makeRequest(raw);
+    req.out = out;
+    req.t0 = t0;
+    if (this.#observers.size !== 0) req.timings = [];
     let r: ResponseData | Promise<ResponseData>;
     try {
       r = this.#pipeline(req, group);
@@ -408,10 +415,10 @@ export class Kernel {
     }
     if (isThenable(r)) {
       (r as Promise<ResponseData>).then(
-        (res) => this.#respond(req, group, reply, res, t0),
-        (e: unknown) => this.#respond(req, group, reply, errorResponse(e instanceof BextError ? e : new BextError('BEXT_ERR_PLUGIN_FAILED', String((e as Error)?.message ?? e))), t0),
+        (res) => this.#respond(req, group, out, res, t0),
+        (e: unknown) => this.#respond(req, group, out, errorResponse(e instanceof BextError ? e : new BextError('BEXT_ERR_PLUGIN_FAILED', String((e as Error)?.message ?? e))), t0),
       );
-    } else this.#respond(req, group, reply, r, t0);
+    } else this.#respond(req, group, out, r, t0);
   }
 
   /** onRequest → route or onRender. Synchronous until a hook returns a promise. */
@@ -533,11 +540,11 @@ export class Kernel {
   }
 
   /** onResponse waterfall, then write. */
-  #respond(req: BextRequest, group: CompiledGroup, reply: FastifyReply, res: ResponseData, t0: number): void {
+  #respond(req: BextRequest, group: CompiledGroup, out: ServerResponse, res: ResponseData, t0: number): void {
     let headers: Headers = res.headers ?? {};
     if (req.responseHeaders) headers = { ...req.responseHeaders, ...headers };
     const chain = group.onResponse;
-    if (!chain) return this.#write(req, group, reply, res.status, headers, bodyOf(res), null, t0);
+    if (!chain) return this.#write(req, group, out, res.status, headers, bodyOf(res), null, t0);
     const view = new ResponseView(res.status, { ...headers }, bodyOf(res));
     const transforms: (() => Duplex)[] = [];
     const step = (i: number): void => {
@@ -549,13 +556,13 @@ export class Kernel {
           const next = i + 1;
           void Promise.resolve(d).then((v) => {
             if (this.#responseVerdict(e, view, transforms, v)) step(next);
-            else this.#write(req, group, reply, view.status, view.headers, view.raw, transforms, t0);
+            else this.#write(req, group, out, view.status, view.headers, view.raw, transforms, t0);
           });
           return;
         }
         if (!this.#responseVerdict(e, view, transforms, d)) break;
       }
-      this.#write(req, group, reply, view.status, view.headers, view.raw, transforms, t0);
+      this.#write(req, group, out, view.status, view.headers, view.raw, transforms, t0);
     };
     step(0);
   }
@@ -591,11 +598,10 @@ export class Kernel {
     return true;
   }
 
-  #write(req: BextRequest, group: CompiledGroup, reply: FastifyReply, status: number, headers: Headers, body: ResponseData['body'] | undefined, transforms: (() => Duplex)[] | null, t0: number): void {
-    const out = reply.raw as ServerResponse;
-    if (this.#draining) headers = { ...headers, connection: 'close' };
+  #write(req: BextRequest, group: CompiledGroup, out: ServerResponse, status: number, headers: Headers, body: ResponseData['body'] | undefined, transforms: (() => Duplex)[] | null, t0: number): void {
+    // HTTP/2 streams have no Connection header; draining closes their session instead.
+    if (this.#draining && req.httpVersion < '2') headers = { ...headers, connection: 'close' };
     try {
-      reply.hijack();
       out.statusCode = status;
       for (const k in headers) {
         const v = headers[k];
@@ -639,6 +645,7 @@ export class Kernel {
   }
 
   #done(req: BextRequest, group: CompiledGroup, status: number, t0: number): void {
+    if (req.timings) this.#observe(req, group, status, t0);
     const cls = status < 200 ? '1xx' : status < 300 ? '2xx' : status < 400 ? '3xx' : status < 500 ? '4xx' : '5xx';
     const key = `${group.name} ${req.method} ${cls}`;
     const c = this.#httpCounts.get(key);
@@ -648,6 +655,33 @@ export class Kernel {
     if (!h) this.#httpLatency.set(group.name, (h = new FastHistogram()));
     h.observe((performance.now() - t0) / 1000);
     if (--this.#inflight === 0 && this.#drained) this.#drained();
+  }
+
+  #observe(req: BextRequest, group: CompiledGroup, status: number, t0: number): void {
+    const out = req.out;
+    const rec: RequestRecord = {
+      id: req.id,
+      time: Date.now() - (performance.now() - t0),
+      method: req.method,
+      path: req.path,
+      host: req.host,
+      ...(req.route ? { route: req.route } : {}),
+      group: group.name,
+      status,
+      durationMs: performance.now() - t0,
+      remoteAddress: req.remoteAddress,
+      requestHeaders: req.headers,
+      responseHeaders: out ? (out.getHeaders() as RequestRecord['responseHeaders']) : {},
+      ctx: req.ctx,
+      timings: req.timings ?? [],
+    };
+    for (const fn of this.#observers) {
+      try {
+        fn(rec);
+      } catch (e) {
+        this.log.warn('request observer failed', { error: (e as Error)?.message });
+      }
+    }
   }
 
   #httpText(): string {
@@ -725,6 +759,13 @@ export class Kernel {
 
   #services(plugin: string): KernelServices {
     return {
+      subscribeLogs: (fn) => this.log.subscribe(fn),
+      observeRequests: (fn) => {
+        this.#observers.add(fn);
+        return () => this.#observers.delete(fn);
+      },
+      serve: (server, spec) => this.serve(server, spec),
+      handle: (req, res) => this.#handle(req as unknown as IncomingMessage, res as unknown as ServerResponse),
       plugins: () => this.plugins(),
       ready: () => this.#ready && !this.#draining,
       metricsText: () => this.metrics.text(),

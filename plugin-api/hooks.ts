@@ -56,6 +56,12 @@ export interface TrustedRequest extends RequestData {
   readBody(): Promise<Buffer>;
   /** The raw Node request, for streaming reads and protocol upgrades. */
   readonly raw: import('node:http').IncomingMessage;
+  /**
+   * Sends a `103 Early Hints` response now (HTTP/1.1 and HTTP/2), before the
+   * final answer, e.g. `{ link: ['</app.css>; rel=preload; as=style'] }`.
+   * Does nothing when the response has started or for upgrades.
+   */
+  earlyHints(hints: Record<string, string | string[]>): void;
 }
 
 /** A body a trusted plugin may produce. Sandboxed plugins produce strings. */

@@ -75,8 +75,65 @@ export interface PluginStatus {
   memoryBytes?: number;
 }
 
+/** One plugin hook call within a request, for request capture and tracing. */
+export interface HookTiming {
+  plugin: string;
+  hook: string;
+  /** Start, in ms since the request started (performance.now() based). */
+  startMs: number;
+  durMs: number;
+  /** Error code when the call failed. */
+  error?: string;
+}
+
+/** A finished request, as request observers receive it. */
+export interface RequestRecord {
+  id: string;
+  /** Wall-clock start, ms since the epoch. */
+  time: number;
+  method: string;
+  /** Path without the query string (observers must not use it as a metric label). */
+  path: string;
+  host: string;
+  /** Matched route pattern, when a plugin route answered. */
+  route?: string;
+  group: string;
+  status: number;
+  durationMs: number;
+  remoteAddress: string;
+  requestHeaders: Record<string, string | string[] | undefined>;
+  responseHeaders: Record<string, string | string[] | number | undefined>;
+  ctx: Record<string, unknown>;
+  timings: HookTiming[];
+}
+
+/** A TLS or other listener a plugin adds to the server. */
+export interface ListenerSpec {
+  port: number;
+  host?: string;
+  /** Serve admin routes on it (as the admin listener does). */
+  admin?: boolean;
+}
+
 /** Read-only kernel views for trusted observability plugins. */
 export interface KernelServices {
+  /** Every log record (all levels), as structured objects. Returns an unsubscribe function. */
+  subscribeLogs(fn: (rec: { time: number; level: LogLevel; msg: string; plugin?: string; [k: string]: unknown }) => void): () => void;
+  /**
+   * Every finished request with its per-hook timings. Timings are only
+   * collected while at least one observer is registered.
+   */
+  observeRequests(fn: (rec: RequestRecord) => void): () => void;
+  /**
+   * Serves the kernel's HTTP on another listener (a `tls.Server` for HTTPS
+   * over HTTP/1.1): its sockets run onConnect, then the same pipeline.
+   */
+  serve(server: import('node:net').Server, spec: ListenerSpec): Promise<void>;
+  /**
+   * The whole pipeline as a Node request handler, for servers the kernel
+   * does not create (an `http2.createSecureServer({ allowHTTP1: true })`).
+   */
+  handle(req: import('node:http').IncomingMessage | import('node:http2').Http2ServerRequest, res: import('node:http').ServerResponse | import('node:http2').Http2ServerResponse): void;
   /** Every plugin with its state and counters. */
   plugins(): PluginStatus[];
   /** Whether the server is ready (started, not draining). */

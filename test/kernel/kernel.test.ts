@@ -330,3 +330,63 @@ export default () => ({ onRequest(req) { if (req.headers['x-deny']) return { act
     expect(await new Promise<number>((r) => none.once('unexpected-response', (_q, res) => r(res.statusCode ?? 0)).once('error', () => r(-1)))).toBe(404);
   });
 });
+
+describe('kernel services for trusted plugins', () => {
+  it('request observers get each finished request with per-hook timings', async () => {
+    const obs = plugin('observer', { hooks: { onRequest: { priority: 1 } } }, `
+globalThis.__records = [];
+export default (host) => {
+  host.kernel.observeRequests((r) => globalThis.__records.push(r));
+  return { onRequest() {} };
+};`);
+    const b = await start({ plugins: [obs, echoCtx()] });
+    await (await fetch(`${b.url}/items/7?x=1`)).text();
+    const recs = (globalThis as unknown as { __records: { path: string; route: string; status: number; timings: { plugin: string; hook: string; durMs: number }[] }[] }).__records;
+    await until(() => recs.length === 1);
+    expect(recs[0]).toMatchObject({ path: '/items/7', route: '/items/:id', status: 200 });
+    expect(recs[0]!.timings.map((t) => `${t.plugin}.${t.hook}`)).toEqual(['observer.onRequest', 'echo.onRoute']);
+    expect(recs[0]!.timings.every((t) => t.durMs >= 0)).toBe(true);
+  });
+
+  it('early hints reach the client as a 103 before the final answer', async () => {
+    const p = plugin('hinter', { routes: [{ path: '/page' }] }, `
+export default () => ({ onRoute(req) { req.earlyHints({ link: '</app.css>; rel=preload; as=style' }); return { status: 200, body: 'page' }; } });`);
+    const b = await start({ plugins: [p] });
+    const net = await import('node:net');
+    const raw = await new Promise<string>((resolve) => {
+      const s = net.connect(b.port, '127.0.0.1', () => s.write('GET /page HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n'));
+      let d = '';
+      s.on('data', (c) => (d += c));
+      s.on('end', () => resolve(d));
+    });
+    expect(raw.startsWith('HTTP/1.1 103 Early Hints\r\n')).toBe(true);
+    expect(raw).toMatch(/link: <\/app\.css>; rel=preload; as=style/i);
+    expect(raw).toMatch(/HTTP\/1\.1 200 OK[\s\S]*page$/);
+  });
+
+  it('an HTTP/2 server created by a plugin runs the same pipeline through handle()', async () => {
+    const h2 = plugin('h2c-listener', {}, `
+import http2 from 'node:http2';
+globalThis.__h2port = null;
+export default (host) => {
+  const server = http2.createServer((req, res) => host.kernel.handle(req, res));
+  server.listen(0, '127.0.0.1', () => { globalThis.__h2port = server.address().port; });
+  return { dispose() { server.close(); } };
+};`);
+    const b = await start({ plugins: [h2, echoCtx()] });
+    const g = globalThis as unknown as { __h2port: number | null };
+    await until(() => g.__h2port !== null);
+    const http2 = await import('node:http2');
+    const client = http2.connect(`http://127.0.0.1:${g.__h2port}`);
+    const body = await new Promise<string>((resolve, reject) => {
+      const r = client.request({ ':path': '/items/9', ':authority': 'h2.test' });
+      let d = '';
+      r.on('data', (c) => (d += c));
+      r.on('end', () => resolve(d));
+      r.on('error', reject);
+    });
+    client.close();
+    expect(JSON.parse(body)).toMatchObject({ params: { id: '9' }, route: '/items/:id' });
+    void b;
+  });
+});
