@@ -34,17 +34,28 @@ function record(v: number): void {
   lat[nlat++] = v;
 }
 
-/** Finds every `"t":<number>` in the text; returns what may hold an unfinished one. */
-function scan(s: string): string {
+const T = Buffer.from('"t":');
+
+/** Records every `"t":<number>` in the bytes; returns a tail that may hold an unfinished one. */
+function scan(b: Buffer): Buffer | null {
   let i = 0;
   const at = now();
   for (;;) {
-    const k = s.indexOf('"t":', i);
-    if (k === -1) return s.length - i > 8 ? s.slice(-8) : s.slice(i);
+    const k = b.indexOf(T, i);
+    if (k === -1) return b.length - i > 8 ? b.subarray(b.length - 8) : b.subarray(i);
     let j = k + 4;
-    while (j < s.length && ((s.charCodeAt(j) >= 48 && s.charCodeAt(j) <= 57) || s[j] === '.')) j++;
-    if (j === s.length) return s.slice(k);
-    record(at - Number(s.slice(k + 4, j)));
+    let v = 0;
+    let scale = 0;
+    for (; j < b.length; j++) {
+      const c = b[j]!;
+      if (c === 46) scale = 1;
+      else if (c >= 48 && c <= 57) {
+        v = v * 10 + (c - 48);
+        if (scale) scale *= 10;
+      } else break;
+    }
+    if (j === b.length) return b.subarray(k);
+    record(at - (scale ? v / scale : v));
     i = j;
   }
 }
@@ -52,27 +63,26 @@ function scan(s: string): string {
 function sse(): Promise<void> {
   return new Promise((resolve) => {
     let subscribed = false;
-    let rest = '';
+    let head = '';
+    let tail: Buffer | null = null;
     const sock = net.connect(Number(target.port), target.hostname, () => {
       sock.write(`GET ${target.pathname}${target.search} HTTP/1.1\r\nhost: ${target.host}\r\naccept: text/event-stream\r\n\r\n`);
     });
-    sock.setEncoding('utf8');
-    sock.on('data', (d: string) => {
+    sock.on('data', (d: Buffer) => {
       if (!subscribed) {
-        rest += d;
-        if (!rest.includes('event: subscribed')) return;
-        if (!rest.startsWith('HTTP/1.1 200')) {
+        head += d.toString('latin1');
+        if (!head.includes('event: subscribed')) return;
+        if (!head.startsWith('HTTP/1.1 200')) {
           failed++;
           sock.destroy();
           return resolve();
         }
         subscribed = true;
         connected++;
-        d = rest.slice(rest.indexOf('event: subscribed'));
-        rest = '';
-        resolve();
+        head = '';
+        return resolve();
       }
-      rest = scan(rest + d);
+      tail = scan(tail && tail.length ? Buffer.concat([tail, d]) : d);
     });
     sock.on('error', () => {
       if (!subscribed) {
@@ -91,14 +101,13 @@ function ws(): Promise<void> {
     let subscribed = false;
     const c = new WebSocket(url!, { perMessageDeflate: false });
     c.on('message', (m: Buffer) => {
-      const s = m.toString('latin1');
       if (!subscribed) {
-        if (!s.includes('"subscribed"')) return;
+        if (!m.toString('latin1').includes('"subscribed"')) return;
         subscribed = true;
         connected++;
         return resolve();
       }
-      scan(s);
+      scan(m);
     });
     c.on('error', () => {
       if (!subscribed) {

@@ -5,23 +5,59 @@
  * Reports delivered/s, publish→receive p50/p99 and RSS per idle
  * connection, for SSE and WebSocket, each beside a bare baseline in the
  * same run: `node:http` writing the same frames to every response (SSE)
- * and `ws` broadcasting (WebSocket), with no plugin machinery.
+ * and `ws` broadcasting (WebSocket), with no plugin machinery; and the
+ * kernel alone, through a plugin that streams to every subscriber with no
+ * hub behind it (what any streaming plugin pays). Ratios are to bare.
  * Targets: p99 ≤ 100 ms, RSS ≤ 8 KB per idle connection.
  *
  * env: BENCH_CONNECTIONS (10000), BENCH_SECONDS (10), BENCH_RATE (10 msg/s), BENCH_TRANSPORTS (sse,ws)
  *
- * `realtime.ts serve <bext|bare>` is the server process the run starts.
+ * `realtime.ts serve <bare|kernel|bext>` is the server process the run starts.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import http from 'node:http';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface, type Interface } from 'node:readline';
+import { pathToFileURL } from 'node:url';
 
 const root = resolve(import.meta.dirname, '..');
 const now = () => performance.timeOrigin + performance.now();
 
 // ------------------------------------------------------------------ servers
+
+const KERNEL_ONLY_PLUGIN = (wsModule: string) => `
+import { Readable } from 'node:stream';
+import { WebSocketServer } from '${wsModule}';
+const streams = new Set();
+const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
+let offset = 0;
+export default () => ({
+  async onRoute(req) {
+    if (req.route === '/__bext/ws') {
+      return { action: 'upgrade', upgrade(raw, socket, head) {
+        wss.handleUpgrade(raw, socket, head, (c) => { streams.add(c); c.on('close', () => streams.delete(c)); c.send('{"type":"subscribed"}'); });
+      } };
+    }
+    if (req.route === '/__bext/events') {
+      const s = new Readable({ read() {} });
+      s.push('retry: 2000\\n\\nevent: subscribed\\ndata: {}\\n\\n');
+      streams.add(s);
+      s.on('close', () => streams.delete(s));
+      return { status: 200, headers: { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store' }, body: s };
+    }
+    const { topic, data } = JSON.parse((await req.readBody()).toString());
+    const o = ++offset;
+    const json = '{"type":"message","topic":"' + topic + '","offset":' + o + ',"epoch":"e","data":' + JSON.stringify(data) + '}';
+    const frame = Buffer.from('id: ' + o + ':e\\ndata: ' + json + '\\n\\n');
+    const text = Buffer.from(json);
+    for (const s of streams) s instanceof Readable ? s.push(frame) : s.send(text, { binary: false });
+    return { status: 200, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ delivered: streams.size }) };
+  },
+});
+`;
 
 async function serve(kind: string): Promise<void> {
   const gc = (globalThis as { gc?: () => void }).gc;
@@ -67,10 +103,23 @@ async function serve(kind: string): Promise<void> {
   const { parseConfig } = await import('../kernel/config.js');
   const { Logger } = await import('../kernel/log.js');
   const { Kernel } = await import('../kernel/server.js');
-  const config = parseConfig({ server: { port: 0, host: '127.0.0.1' }, admin: { port: 0, host: '127.0.0.1' }, plugins: { realtime: {} } });
-  const k = await Kernel.create({ config, plugins: [{ source: `file:${join(root, 'plugins/realtime')}`, grants: ['publish:**', 'metrics'] }], logger: new Logger('error') });
+  let source = `file:${join(root, 'plugins/realtime')}`;
+  let publishPath = '/__bext/hub/publish';
+  if (kind === 'kernel') {
+    // The kernel's own cost: a plugin that streams to every subscriber with no hub behind it.
+    const dir = mkdtempSync(join(tmpdir(), 'bext-bench-rt-'));
+    writeFileSync(join(dir, 'bext-plugin.json'), JSON.stringify({
+      name: 'stream-only', version: '1.0.0', sandbox: 'trusted', entry: 'index.mjs',
+      routes: [{ path: '/__bext/events', methods: ['GET'] }, { path: '/__bext/ws', methods: ['GET'] }, { path: '/publish', methods: ['POST'], admin: true }],
+    }));
+    writeFileSync(join(dir, 'index.mjs'), KERNEL_ONLY_PLUGIN(pathToFileURL(join(root, 'node_modules/ws/wrapper.mjs')).href));
+    source = `file:${dir}`;
+    publishPath = '/publish';
+  }
+  const config = parseConfig({ server: { port: 0, host: '127.0.0.1' }, admin: { port: 0, host: '127.0.0.1' }, plugins: kind === 'kernel' ? {} : { realtime: {} } });
+  const k = await Kernel.create({ config, plugins: [{ source, grants: kind === 'kernel' ? [] : ['publish:**', 'metrics'] }], logger: new Logger('error') });
   const { port, adminPort } = await k.listen();
-  process.stdout.write(`LISTENING ${port} http://127.0.0.1:${adminPort}/__bext/hub/publish\n`);
+  process.stdout.write(`LISTENING ${port} http://127.0.0.1:${adminPort}${publishPath}\n`);
   process.on('SIGTERM', () => k.close(500).then(() => process.exit(0)));
 }
 
@@ -135,9 +184,11 @@ interface Result {
   max: number;
   rssPerConn: number;
   expected: number;
+  /** Median publish round trip: the server's time to write one message to every subscriber. */
+  fanoutMs: number;
 }
 
-async function run(kind: 'bare' | 'bext', transport: 'sse' | 'ws', n: number, seconds: number, rate: number): Promise<Result> {
+async function run(kind: 'bare' | 'kernel' | 'bext', transport: 'sse' | 'ws', n: number, seconds: number, rate: number): Promise<Result> {
   const server = start(['--expose-gc', '--import', 'tsx', 'bench/realtime.ts', 'serve', kind]);
   let load: Proc | null = null;
   try {
@@ -152,17 +203,22 @@ async function run(kind: 'bare' | 'bext', transport: 'sse' | 'ws', n: number, se
     const pad = 'x'.repeat(64);
     const count = seconds * rate;
     const t0 = Date.now();
+    const fanout: number[] = [];
     for (let i = 0; i < count; i++) {
       const due = t0 + (i * 1000) / rate;
       const wait = due - Date.now();
       if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-      await post(publishUrl!, JSON.stringify({ topic: 'bench/all', data: { t: now(), seq: i, pad } }));
+      const t = now();
+      // Both servers answer the publish after writing to every subscriber: its round trip is the server's fan-out time.
+      await post(publishUrl!, JSON.stringify({ topic: 'bench/all', data: { t, seq: i, pad } }));
+      fanout.push(now() - t);
     }
+    fanout.sort((a, b) => a - b);
     // Let the last message's fan-out land before counting.
     await new Promise((r) => setTimeout(r, 1500));
     l.proc.stdin!.write('STOP\n');
-    const res = JSON.parse(await l.next('{')) as Omit<Result, 'rssPerConn' | 'expected'>;
-    return { ...res, rssPerConn: (rss1 - rss0) / Math.max(1, connected!), expected: count * connected! };
+    const res = JSON.parse(await l.next('{')) as Omit<Result, 'rssPerConn' | 'expected' | 'fanoutMs'>;
+    return { ...res, rssPerConn: (rss1 - rss0) / Math.max(1, connected!), expected: count * connected!, fanoutMs: fanout[Math.floor(fanout.length / 2)]! };
   } finally {
     load?.proc.kill('SIGKILL');
     if (load && load.proc.exitCode === null) await once(load.proc, 'exit');
@@ -179,17 +235,18 @@ if (process.argv[2] === 'serve') {
   const rate = Number(process.env.BENCH_RATE ?? 10);
   const transports = (process.env.BENCH_TRANSPORTS ?? 'sse,ws').split(',') as ('sse' | 'ws')[];
   const rows: string[] = [];
+  const label = { bare: { sse: 'bare node:http', ws: 'bare ws' }, kernel: { sse: 'bext kernel, streaming plugin only', ws: 'bext kernel, ws plugin only' }, bext: { sse: 'bext realtime', ws: 'bext realtime' } };
   for (const t of transports) {
-    const base = await run('bare', t, n, seconds, rate);
-    const bext = await run('bext', t, n, seconds, rate);
-    for (const [name, r] of [['bare', base], ['bext', bext]] as const) {
-      const perSec = r.deliveries / seconds;
-      const ratio = name === 'bext' ? ` (${(perSec / (base.deliveries / seconds)).toFixed(2)}× bare)` : '';
-      rows.push(`| ${t} | ${name === 'bare' ? (t === 'sse' ? 'bare node:http' : 'bare ws') : 'bext realtime'} | ${r.connected.toLocaleString('en-US')}${r.failed ? ` (${r.failed} failed)` : ''} | ${Math.round(perSec).toLocaleString('en-US')}${ratio} | ${((100 * r.deliveries) / r.expected).toFixed(1)}% | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${(r.rssPerConn / 1024).toFixed(1)} | ${r.closed} |`);
+    const results = new Map<'bare' | 'kernel' | 'bext', Result>();
+    for (const kind of ['bare', 'kernel', 'bext'] as const) results.set(kind, await run(kind, t, n, seconds, rate));
+    const base = results.get('bare')!;
+    for (const [kind, r] of results) {
+      const vs = (a: number, b: number) => (kind === 'bare' ? '' : ` (${(a / b).toFixed(2)}×)`);
+      rows.push(`| ${t} | ${label[kind][t]} | ${r.connected.toLocaleString('en-US')}${r.failed ? ` (${r.failed} failed)` : ''} | ${Math.round(r.deliveries / seconds).toLocaleString('en-US')}${vs(r.deliveries, base.deliveries)} | ${((100 * r.deliveries) / r.expected).toFixed(1)}% | ${r.fanoutMs.toFixed(1)}${vs(r.fanoutMs, base.fanoutMs)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)}${vs(r.p99, base.p99)} | ${(r.rssPerConn / 1024).toFixed(1)}${vs(r.rssPerConn, base.rssPerConn)} | ${r.closed} |`);
     }
   }
   console.log(`realtime benchmark: ${n.toLocaleString('en-US')} subscribers of one topic, ${rate} msg/s for ${seconds}s, load from a separate process`);
-  console.log('| transport | server | subscribers | delivered/s | of expected | p50 ms | p99 ms (target ≤ 100) | RSS KB per idle conn (target ≤ 8) | dropped |');
-  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  console.log('| transport | server | subscribers | delivered/s | of expected | server fan-out ms/msg | publish→receive p50 ms | p99 ms (target ≤ 100) | RSS KB per idle conn (target ≤ 8) | dropped |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const r of rows) console.log(r);
 }

@@ -280,9 +280,10 @@ export class Hub {
       if (--conn.holds === 0 && conn.held !== null) {
         const held = conn.held;
         conn.held = null;
-        for (const e of held) conn.pass(e);
+        if (!conn.closed) for (const e of held) conn.pass(e);
       }
     }
+    if (conn.closed) return;
     for (const [topic, pos] of replays) void this.#replayRelay(conn, topic, pos);
   }
 
@@ -607,7 +608,13 @@ export class Hub {
 
   /** Who follows a presence-enabled topic, across instances when a relay is up. */
   async members(topic: string): Promise<Member[]> {
-    if (this.relay && this.relay.up) return this.relay.members(topic);
+    if (this.relay && this.relay.up) {
+      try {
+        return await this.relay.members(topic);
+      } catch (e) {
+        this.#opts.log('warn', 'realtime presence read from the relay failed; answering with this instance only', { topic, error: (e as Error).message });
+      }
+    }
     return [...(this.topics.get(topic)?.members?.values() ?? [])];
   }
 

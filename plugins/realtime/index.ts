@@ -306,8 +306,9 @@ export default definePlugin(async (host: HostApi) => {
     const fail = (code: string, message: string, extra: Record<string, unknown> = {}) => conn.notice('error', { id, code, message, ...extra });
     switch (m.type) {
       case 'subscribe': {
-        const topics = Array.isArray(m.topics) ? m.topics : typeof m.topic === 'string' ? [m.topic] : [];
+        const topics = [...new Set(Array.isArray(m.topics) ? m.topics : typeof m.topic === 'string' ? [m.topic] : [])];
         const fresh = topics.filter((t) => !conn.subs.has(t as string));
+        if (topics.length > 0 && fresh.length === 0) return conn.notice('subscribed', { id, topics, positions: {} });
         const subs = subscriptions(fresh, conn.principal, conn.subs.size);
         if (!Array.isArray(subs)) {
           const body = JSON.parse(subs.body as string) as { error: string; error_description: string; topic?: string };

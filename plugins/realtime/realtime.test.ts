@@ -442,6 +442,15 @@ describe('liveness and cleanup', () => {
       await closed;
       await fast.until(() => fast.messages().length === n);
       fast.close();
+
+      const paused = new WsClient(`ws://127.0.0.1:${s.port}/__bext/ws?topic=custom/slow-ws`);
+      await paused.next((m) => m.type === 'subscribed');
+      paused.ws.pause();
+      for (let i = 0; ((await stats(s)).totals.drops['slow-consumer'] ?? 0) === 1 && i < 2000; i++) await s.publish('custom/slow-ws', { i, big });
+      expect((await stats(s)).totals.drops['slow-consumer']).toBe(2);
+      // Reading again, the client finds the connection cut.
+      paused.ws.resume();
+      await paused.closed;
     } finally {
       await s.close();
     }
