@@ -150,7 +150,8 @@ export function hostileSuite(host: SandboxHost, kind: 'quickjs' | 'isolate'): vo
 
     it('contains a deeply nested answer', async () => {
       const r = await attack('/deepOutput');
-      expect(r.error?.code).toMatch(/^BEXT_ERR_(SANDBOX_LIMIT|PLUGIN_FAILED)$/);
+      // Under load the 100 ms deadline may come first; any of these is containment.
+      expect(r.error?.code).toMatch(/^BEXT_ERR_(SANDBOX_LIMIT|PLUGIN_FAILED|PLUGIN_TIMEOUT)$/);
       await servesNormally();
     });
 

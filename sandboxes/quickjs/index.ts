@@ -354,18 +354,29 @@ class QuickVm implements EngineVm {
     return new VmFault('BEXT_ERR_SANDBOX_LIMIT', `exhausted the native stack or trapped (${(e as Error).message.split('\n')[0]})`);
   }
 
-  /** fn(json) → string, straight through the FFI: one malloc for the argument, no handle objects. */
-  #callRaw(fnPtr: number, json: string): string {
+  /**
+   * The call argument as a QuickJS string, made before guest code is entered:
+   * the heap-growth hook refuses growth only while a guest runs, so this
+   * allocation never sees a refused malloc (whose NULL would be written through).
+   */
+  #newArg(json: string): number {
     const { ffi, module: m, ctx } = this.#raw;
-    const c = ctx.value;
     // At most 3 bytes per UTF-16 unit; V8's native encoder beats emscripten's JS loop.
     const max = json.length * 3 + 1;
     const buf = m._malloc(max);
+    if (buf === 0) throw new VmFault('BEXT_ERR_SANDBOX_LIMIT', 'the shared QuickJS heap is exhausted');
     const heap = m.HEAPU8;
     const written = utf8.encodeInto(json, heap.subarray(buf, buf + max - 1)).written;
     heap[buf + written] = 0;
-    const arg = ffi.QTS_NewString(c, buf);
+    const arg = ffi.QTS_NewString(ctx.value, buf);
     m._free(buf);
+    return arg;
+  }
+
+  /** fn(arg) → string, straight through the FFI, skipping per-call handle objects. Frees `arg`. */
+  #callRaw(fnPtr: number, arg: number): string {
+    const { ffi, module: m, ctx } = this.#raw;
+    const c = ctx.value;
     m.HEAP32[this.#argv >> 2] = arg;
     const res = ffi.QTS_Call(c, fnPtr, this.#undefinedPtr, 1, this.#argv);
     ffi.QTS_FreeValuePointer(c, arg);
@@ -375,9 +386,10 @@ class QuickVm implements EngineVm {
       throw this.#failure(this.#raw.memory.heapValueHandle(err));
     }
     const cs = ffi.QTS_GetString(c, res);
+    ffi.QTS_FreeValuePointer(c, res);
+    if (cs === 0) throw new VmFault('BEXT_ERR_SANDBOX_LIMIT', 'the answer could not be copied out (out of memory)');
     const out = m.UTF8ToString(cs);
     ffi.QTS_FreeCString(c, cs);
-    ffi.QTS_FreeValuePointer(c, res);
     return out;
   }
 
@@ -440,7 +452,8 @@ class QuickVm implements EngineVm {
     this.#deadline = performance.now() + this.#timeoutMs;
     let out: string;
     try {
-      out = this.#enter(() => this.#callRaw(this.#fnPtrs[HOOK_INDEX[hook]]!, json));
+      const arg = this.#newArg(json);
+      out = this.#enter(() => this.#callRaw(this.#fnPtrs[HOOK_INDEX[hook]]!, arg));
     } catch (e) {
       throw this.#escape(e);
     }
@@ -468,15 +481,21 @@ class QuickVm implements EngineVm {
   settle(id: number, ok: boolean, json: string): void {
     const ctx = this.#ctx;
     this.#deadline = performance.now() + this.#timeoutMs;
-    this.#guard(() => this.#enter(() => {
+    this.#guard(() => {
+      // Arguments are made before entering, for the same reason as in #newArg.
       const idH = ctx.newNumber(id);
       const jsonH = ctx.newString(json);
-      const r = ctx.callFunction(this.#settleFn!, ctx.undefined, idH, ok ? ctx.true : ctx.false, jsonH);
-      idH.dispose();
-      jsonH.dispose();
-      if (r.error) throw this.#failure(r.error);
-      r.value.dispose();
-    }));
+      try {
+        this.#enter(() => {
+          const r = ctx.callFunction(this.#settleFn!, ctx.undefined, idH, ok ? ctx.true : ctx.false, jsonH);
+          if (r.error) throw this.#failure(r.error);
+          r.value.dispose();
+        });
+      } finally {
+        idH.dispose();
+        jsonH.dispose();
+      }
+    });
     this.drain();
   }
 
