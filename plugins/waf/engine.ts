@@ -250,7 +250,7 @@ export function createWaf(input: Partial<WafConfig> = {}, options: WafOptions = 
   });
   const ruleCount = RULES.length;
   /** Per view index, per rule: the mark of the last value whose view holds one of the rule's literals. */
-  const foundIn = [0, 1, 2, 3, 4].map(() => new Uint32Array(ruleCount));
+  const foundIn = [0, 1, 2, 3, 4, 5].map(() => new Uint32Array(ruleCount));
   let viewMark = 0;
   const newViews = (v: string): Views => new Views(v, (viewMark = (viewMark + 1) >>> 0 || 1));
   const matchable = active.filter((r) => !r.engine).map((r) => compiled.get(r.id)!);
@@ -357,7 +357,7 @@ export function createWaf(input: Partial<WafConfig> = {}, options: WafOptions = 
         const m = c.pattern.exec(s);
         if (m) data = m[0];
       } else if (c.sql !== null) {
-        data = sqlDetect(c.sql, s, views.sql);
+        data = sqlDetect(c.sql, s, views.sqlTokens);
       } else if (c.chars !== null) {
         const found = s.match(c.chars);
         if (found && found.length >= c.minChars) data = found.join('');

@@ -7,10 +7,10 @@ import { deepDecode } from './decode.js';
 import type { SqlCache } from './sqli.js';
 
 /** Names of the views a rule can match against. */
-export type ViewName = 'dec' | 'sh' | 'js' | 'fs';
+export type ViewName = 'dec' | 'sh' | 'js' | 'fs' | 'sql';
 
 /** Views by number, for the engine's hot loop. */
-export const VIEW_INDEX: Readonly<Record<ViewName | 'raw', number>> = { dec: 0, sh: 1, js: 2, fs: 3, raw: 4 };
+export const VIEW_INDEX: Readonly<Record<ViewName | 'raw', number>> = { dec: 0, sh: 1, js: 2, fs: 3, sql: 4, raw: 5 };
 
 const SHELL_QUOTES = /[\\'"^]/g;
 const IFS = /\$\{?ifs\}?/g;
@@ -24,8 +24,9 @@ export class Views {
   #sh?: string;
   #js?: string;
   #fs?: string;
+  #sql?: string;
   /** Token lists for the SQL detectors. */
-  readonly sql: SqlCache = [];
+  readonly sqlTokens: SqlCache = [];
   /** Bit per view index (see VIEW_INDEX): its literals have been looked up (by the engine). */
   scanned = 0;
   /** Identifies this value in the engine's per-rule literal tables. */
@@ -82,6 +83,16 @@ export class Views {
     return this.#fs;
   }
 
+  // SQL reading: block comments removed (so a comment between UNION and SELECT
+  // reads as a space), the body of MySQL executable comments kept, blanks folded.
+  get sql(): string {
+    if (this.#sql === undefined) {
+      const s = this.dec;
+      this.#sql = s.indexOf('/*') === -1 ? s : stripSqlComments(s);
+    }
+    return this.#sql;
+  }
+
   /** A view by its index in VIEW_INDEX. */
   at(i: number): string {
     switch (i) {
@@ -89,7 +100,30 @@ export class Views {
       case 1: return this.sh;
       case 2: return this.js;
       case 3: return this.fs;
+      case 4: return this.sql;
       default: return this.raw;
     }
   }
+}
+
+/** Removes SQL block comments in one forward pass; an executable comment's body stays. */
+function stripSqlComments(s: string): string {
+  let out = '';
+  let i = 0;
+  for (;;) {
+    const open = s.indexOf('/*', i);
+    if (open === -1) break;
+    out += `${s.slice(i, open)} `;
+    if (s.charCodeAt(open + 2) === 33 /* ! */) {
+      let j = open + 3;
+      while (j < s.length && s.charCodeAt(j) >= 48 && s.charCodeAt(j) <= 57) j++;
+      const close = s.indexOf('*/', j);
+      out += `${s.slice(j, close === -1 ? s.length : close)} `;
+      i = close === -1 ? s.length : close + 2;
+    } else {
+      const close = s.indexOf('*/', open + 2);
+      i = close === -1 ? s.length : close + 2;
+    }
+  }
+  return (out + s.slice(i)).replace(HSPACE, ' ');
 }

@@ -65,6 +65,7 @@ const ATTACKS: Record<string, string[]> = {
     '1) or pg_sleep(5)--', "') OR ('a'='a", '" or ""="', "1' AND extractvalue(1,concat(0x7e,(select user())))--", "' or ''='",
     '1;select pg_sleep(5)', '1 and (select count(*) from sysobjects)>0', "' union select load_file('/etc/passwd')--",
     '1 or benchmark(10000000,MD5(1))#', "1' || '1'='1", "x' AND 1=(SELECT COUNT(*) FROM tabname); --", '1 /*!50000UNION*/ SELECT 1',
+    "1 into/**/outfile '/tmp/x'", "x' union/**/all/**/select 1", "1;/**/drop/**/table/**/users--", "2010-01-01'+sleep(20.to_i)+'",
   ],
   xss: [
     '<script>alert(1)</script>', '<img src=x onerror=alert(1)>', '<svg/onload=alert(1)>', '<body onload=alert(1)>', '<iframe src=javascript:alert(1)>',
