@@ -44,11 +44,11 @@ Run \`bext <command> --help\` for a command's options.`,
 Serves dir (default .). Config: --config, else dir/bext.config.json, else ./bext.config.json, else
 the embedded defaults. Plugins: --lock, else dir/plugins.lock.json, else ./plugins.lock.json, else
 bext's own default composition. SIGINT/SIGTERM drain in-flight requests, then stop.`,
-  'plugin add': `Usage: bext plugin add <builtin-name | ./folder | ./plugin.wasm> [--yes] [--grant CAP]... [--scope global|group] [--lock FILE]
+  'plugin add': `Usage: bext plugin add <builtin-name | ./folder | ./plugin.wasm> [--yes | --grant CAP... | --grant-none] [--scope global|group] [--lock FILE]
 
 Validates the manifest, shows the capabilities it asks for and asks to grant them (--yes grants them
-all without asking; --grant grants only the ones named), computes its integrity and writes
-plugins.lock.json in the current folder.`,
+all without asking; --grant grants only the ones named; --grant-none grants nothing), computes its
+integrity and writes plugins.lock.json in the current folder.`,
   'plugin remove': 'Usage: bext plugin remove <name> [--lock FILE]',
   'plugin list': 'Usage: bext plugin list [--available] [--lock FILE]',
   'plugin verify': `Usage: bext plugin verify [--lock FILE]
@@ -139,8 +139,9 @@ function sourceFor(spec: string): string {
 }
 
 async function cmdPluginAdd(argv: string[]) {
-  const a = args(argv, { yes: { type: 'boolean', short: 'y' }, grant: { type: 'string', multiple: true }, scope: { type: 'string' }, lock: { type: 'string' } });
+  const a = args(argv, { yes: { type: 'boolean', short: 'y' }, grant: { type: 'string', multiple: true }, 'grant-none': { type: 'boolean' }, scope: { type: 'string' }, lock: { type: 'string' } });
   if (a.values.help) return void out(HELP['plugin add']!);
+  if (a.values['grant-none'] && (a.values.yes || a.values.grant)) throw new UsageError('--grant-none cannot be combined with --yes or --grant');
   const spec = a.positionals[0];
   if (!spec) throw new UsageError('plugin add needs a builtin name, a folder or a .wasm file');
   const lockFile = resolve((a.values.lock as string | undefined) ?? 'plugins.lock.json');
@@ -161,9 +162,10 @@ async function cmdPluginAdd(argv: string[]) {
       out(`  ${c.padEnd(28)} ${CAPABILITIES[fam]?.doc ?? ''}`);
     }
     if (explicit) grants = explicit;
+    else if (a.values['grant-none']) grants = [];
     else if (a.values.yes) grants = asked;
     else if (await confirm('grant all of these? [y/N] ')) grants = asked;
-    else if (!process.stdin.isTTY) throw new UsageError('capabilities need a decision: pass --yes to grant them all, or --grant <cap> for each one to grant');
+    else if (!process.stdin.isTTY) throw new UsageError('capabilities need a decision: pass --yes to grant them all, --grant <cap> for each one to grant, or --grant-none');
     else out('granting none');
   }
   const scope = a.values.scope as string | undefined;
@@ -280,8 +282,11 @@ async function cmdPluginBuild(argv: string[]) {
   if (a.values.help) return void out(HELP['plugin build']!);
   const dir = resolve(a.positionals[0] ?? '.');
   out(`building ${relative(process.cwd(), dir) || '.'} with AssemblyScript…`);
-  const { buildWasmPlugin } = (await import('../../sdk/build.js')) as { buildWasmPlugin(d: string): Promise<{ wasmPath: string; bytes: number }> };
-  const r = await buildWasmPlugin(dir);
+  const { buildWasmPlugin } = await import('../../sdk/build.js');
+  // The module is written where the manifest's entry says, when there is a manifest.
+  const mf = join(dir, 'bext-plugin.json');
+  const entry = existsSync(mf) ? (JSON.parse(readFileSync(mf, 'utf8')) as { entry?: string }).entry : undefined;
+  const r = await buildWasmPlugin(dir, entry?.endsWith('.wasm') ? { outFile: entry } : {});
   out(`wrote ${relative(process.cwd(), r.wasmPath)} (${r.bytes} bytes)`);
 }
 
