@@ -79,9 +79,15 @@ function instantiateWasm(imports: Record<string, Record<string, unknown>>, done:
     }
   }
   compiled ??= WebAssembly.compile(readFileSync(createRequire(import.meta.url).resolve('@jitl/quickjs-wasmfile-release-sync/wasm')));
-  void compiled.then((m) => WebAssembly.instantiate(m, imports as WebAssembly.Imports)).then(done);
+  compiled.then((m) => WebAssembly.instantiate(m, imports as WebAssembly.Imports)).then(done, (e: unknown) => {
+    compiled = null;
+    instantiateFailed?.(e);
+  });
   return {};
 }
+
+/** Rejects the module being loaded: emscripten has no error path for an asynchronous instantiateWasm. */
+let instantiateFailed: ((e: unknown) => void) | null = null;
 
 function currentHome(): WasmHome | Promise<WasmHome> {
   if (home && !home.retired) return home;
@@ -93,7 +99,10 @@ function currentHome(): WasmHome | Promise<WasmHome> {
     setFlagsFromString('--no-liftoff');
     tieringSet = true;
   }
-  homeLoading ??= newQuickJSWASMModuleFromVariant(newVariant(RELEASE_SYNC, { emscriptenModule: { instantiateWasm } as never })).then(
+  homeLoading ??= Promise.race([
+    newQuickJSWASMModuleFromVariant(newVariant(RELEASE_SYNC, { emscriptenModule: { instantiateWasm } as never })),
+    new Promise<never>((_, reject) => (instantiateFailed = reject)),
+  ]).then(
     (mod) => {
       homeLoading = null;
       home = new WasmHome(mod);
