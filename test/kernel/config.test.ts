@@ -136,18 +136,20 @@ describe('error codes', () => {
 });
 
 describe('plugin new', () => {
-  it('scaffolds a trusted plugin that loads, serves and passes its own test', async () => {
-    const dir = mkdtempSync(join(resolve('.'), '.tmp-new-'));
-    try {
-      const r = bext(['plugin', 'new', 'greeter', '--sandbox', 'trusted', '--dir', dir], resolve('.'));
-      expect(r.code, r.err).toBe(0);
-      const t = spawnSync(process.execPath, [resolve('node_modules/vitest/vitest.mjs'), 'run', '--root', dir, '--config', '/dev/null'], { encoding: 'utf8', cwd: dir });
-      expect(t.status, t.stdout + t.stderr).toBe(0);
-      expect(t.stdout).toMatch(/2 passed/);
-    } finally {
-      (await import('node:fs')).rmSync(dir, { recursive: true, force: true });
-    }
-  }, 120_000);
+  for (const kind of ['trusted', 'quickjs', 'isolate', 'process', 'wasm']) {
+    it(`scaffolds a ${kind} plugin that loads, serves and passes its own test`, async () => {
+      const dir = mkdtempSync(join(resolve('.'), '.tmp-new-'));
+      try {
+        const r = bext(['plugin', 'new', `my-${kind}`, '--sandbox', kind, '--dir', dir], resolve('.'));
+        expect(r.code, r.err).toBe(0);
+        const t = spawnSync(process.execPath, [resolve('node_modules/vitest/vitest.mjs'), 'run', '--root', dir, '--config', '/dev/null'], { encoding: 'utf8', cwd: dir });
+        expect(t.status, t.stdout + t.stderr).toBe(0);
+        expect(t.stdout).toMatch(/2 passed/);
+      } finally {
+        (await import('node:fs')).rmSync(dir, { recursive: true, force: true });
+      }
+    }, 120_000);
+  }
 });
 
 describe('wasm plugins from the CLI', () => {
