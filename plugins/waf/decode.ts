@@ -114,6 +114,13 @@ const ENTITIES: Record<string, string> = {
   excl: '!', dollar: '$', percnt: '%', plus: '+', comma: ',', period: '.', quest: '?', commat: '@',
   grave: '`', hat: '^', lowbar: '_', verbar: '|', vert: '|', ast: '*', midast: '*', ampersand: '&',
   dash: '-', hyphen: '-',
+  // Common typographic entities, so that `&copy;` reads as text and not as `&` followed by a command.
+  copy: '\u00a9', reg: '\u00ae', trade: '\u2122', hellip: '\u2026', mdash: '\u2014', ndash: '\u2013', laquo: '\u00ab',
+  raquo: '\u00bb', ldquo: '\u201c', rdquo: '\u201d', lsquo: '\u2018', rsquo: '\u2019', bull: '\u2022', middot: '\u00b7',
+  deg: '\u00b0', euro: '\u20ac', pound: '\u00a3', yen: '\u00a5', cent: '\u00a2', sect: '\u00a7', para: '\u00b6',
+  times: '\u00d7', divide: '\u00f7', plusmn: '\u00b1', frac12: '\u00bd', shy: '\u00ad', zwj: '\u200d', zwnj: '\u200c',
+  eacute: '\u00e9', egrave: '\u00e8', aacute: '\u00e1', agrave: '\u00e0', uuml: '\u00fc', ouml: '\u00f6', auml: '\u00e4',
+  ccedil: '\u00e7', ntilde: '\u00f1', szlig: '\u00df', iexcl: '\u00a1', iquest: '\u00bf', larr: '\u2190', rarr: '\u2192',
 };
 /** Legacy names browsers accept without the semicolon. */
 const NO_SEMI = new Set(['lt', 'gt', 'amp', 'quot', 'nbsp']);

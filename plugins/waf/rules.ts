@@ -132,14 +132,22 @@ const WIN_FIRST = [
 /** First words of data-changing SQL statements (rule 2110). */
 const SQL_STATEMENTS_FIRST = ['insert', 'delete', 'update', 'drop', 'truncate', 'alter', 'create', 'shutdown', 'grant'];
 const DOM_CONFIRM = /\b(?:self|top|parent)\s{0,8}\??\.\s{0,8}(?:cookie|domain|location|write|writeln|opener|eval|localstorage|sessionstorage)\b/i;
+/**
+ * A backtick that opens command substitution: where a shell word starts (at
+ * the start, after `=`, a separator or a quote) — not inside prose, where
+ * Markdown uses backticks for inline code.
+ */
+const BACKTICK = String.raw`(?:^|[=;|'"$])\s{0,4}\``;
 /** Separators after which the shell starts a new command. */
-const SEP = String.raw`(?:[;&|\n\r\`{]|\$\(|<\(|>\()`;
+const SEP = String.raw`(?:[;&|\n\r{]|\$\(|<\(|>\(|${BACKTICK})`;
 /** The same without line breaks: a line of text may well start with a word like `python`. */
-const SEP_INLINE = String.raw`(?:[;&|\`{]|\$\(|<\(|>\()`;
+const SEP_INLINE = String.raw`(?:[;&|{]|\$\(|<\(|>\(|${BACKTICK})`;
 /** A command name, optionally with its directory (`/usr/bin/wget`). */
 const cmd = (list: readonly string[]): string => String.raw`(?:[\w.~-]{0,64}\/){0,8}(?:${alt(list)})(?=$|[\s;|&<>()\`'"$\\])`;
 /** Brace expansion runs its first word as a command: `{cat,/etc/passwd}`. */
-const braceCmd = (list: readonly string[]): string => String.raw`\{\s{0,8}(?:[\w.~-]{0,64}\/){0,8}(?:${alt(list)}),`;
+const braceCmd = (list: readonly string[]): string => String.raw`\{(?:[\w.~-]{0,64}\/){0,8}(?:${alt(list)}),`;
+/** An argument that prose does not produce: a flag, a path, a variable, a redirection, a URL or an address. */
+const SHELL_ARG_STRONG = String.raw`(?:\s{1,8}(?:-{1,2}[a-z0-9]|\/[a-z.]|~\/|\.{1,2}\/|\$|[<>|;&]|[\w.-]{1,64}\/[\w.]|(?:https?|ftp):|\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|%[a-z_]{1,40}%)|\s{0,8}(?:[|;&<>]|\$\(|$))`;
 /** What a shell argument looks like, as opposed to an English word. */
 const SHELL_ARG = String.raw`(?:\s{1,8}(?:-{1,2}[a-z0-9]|\/[a-z.]|~\/|\.{1,2}\/|\$|\`|[<>|;&*]|['"]|[\w.-]{1,64}\/[\w.]|(?:https?|ftp):|\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|%[a-z_]{1,40}%)|\s{0,8}(?:[|;&<>\`)]|\$\(|$))`;
 
@@ -221,9 +229,10 @@ export const RULES: readonly Rule[] = [
     pattern: re(String.raw`${SEP_INLINE}\s{0,16}(?:sudo\s{1,8})?${cmd(STRONG_CMDS)}|${braceCmd(ALL_CMDS)}`) },
   { id: 1302, family: 'rce', paranoia: 1, severity: 'critical', where: INJ, view: 'sh', pre: [';', '&', '|', '\n', '\r', '`', '$(', '<(', '>(', '{'], msg: 'command injection: separator followed by a command with shell arguments',
     gate: [],
-    pattern: re(String.raw`${SEP}\s{0,16}(?:sudo\s{1,8})?${cmd(ALL_CMDS)}${SHELL_ARG}|\`\s{0,8}${cmd(ALL_CMDS)}\s{0,8}\``) },
+    // After a line break only with an argument prose does not produce: lines of text start with "Set", "Find", "Call"….
+    pattern: re(String.raw`${SEP_INLINE}\s{0,16}(?:sudo\s{1,8})?${cmd(ALL_CMDS)}${SHELL_ARG}|[\n\r]\s{0,16}(?:sudo\s{1,8})?${cmd(ALL_CMDS)}${SHELL_ARG_STRONG}|${BACKTICK}\s{0,8}${cmd(ALL_CMDS)}\s{0,8}\``) },
   { id: 1303, family: 'rce', paranoia: 1, severity: 'critical', where: VALUES | W.PATH | W.NAME, view: 'sh', pre: ALL_CMDS, gate: [{ first: ALL_CMDS }], msg: 'command injection: command with a system path, URL or address as argument',
-    pattern: re(String.raw`^\s{0,16}${cmd(ALL_CMDS)}(?:\s{1,8}-{1,2}[a-z][\w-]{0,30}){0,6}\s{1,8}(?:\/(?:etc|bin|usr|proc|dev|tmp|var|home|root|sys|opt|boot|lib|sbin)\b|~\/|\.{1,2}\/|(?:https?|ftp|tftp):\/\/|\d{1,3}(?:\.\d{1,3}){3}\b|[a-z]:\\|\$\{?[a-z_]|\`)`) },
+    pattern: re(String.raw`^\s{0,16}${cmd(ALL_CMDS)}(?:\s{1,8}-{1,2}[a-z][\w-]{0,30}){0,6}\s{1,8}(?:\/(?:etc|bin|usr|proc|dev|tmp|var|home|root|sys|opt|boot|lib|sbin)\b|~\/|\.{1,2}\/|(?:https?|ftp|tftp):\/\/|\d{1,3}(?:\.\d{1,3}){3}\b|[a-z]:\\|\$\{?[a-z_])`) },
   { id: 1304, family: 'rce', paranoia: 1, severity: 'critical', where: INJ, view: 'dec', pre: ['('], msg: 'Shellshock function definition',
     pattern: /^\s{0,16}\(\s{0,8}\)\s{0,8}\{|\(\s{0,8}\)\s{0,8}\{\s{0,8}:\s{0,8};\s{0,8}\}/ },
   { id: 1305, family: 'rce', paranoia: 1, severity: 'critical', where: INJ, view: 'dec', pre: ['$ifs', '${ifs'], msg: 'shell $IFS used as a separator',
@@ -243,7 +252,7 @@ export const RULES: readonly Rule[] = [
     pattern: /<\?(?:php\b|=)/ },
   { id: 1402, family: 'php', paranoia: 1, severity: 'critical', where: INJ, view: 'js', pre: ['system', 'exec', 'passthru', 'popen', 'proc_open', 'assert', 'create_function', 'call_user_func', 'preg_replace', 'base64_decode', 'gzinflate', 'str_rot13', 'file_get_contents', 'file_put_contents', 'fopen', 'readfile', 'include', 'require', 'highlight_file', 'show_source', 'phpinfo', 'posix_', 'pcntl_'], gate: ['('],
     msg: 'PHP function call with code-like arguments',
-    pattern: /\b(?:system|exec|shell_exec|passthru|popen|proc_open|pcntl_exec|assert|create_function|call_user_func(?:_array)?|preg_replace|base64_decode|gzinflate|gzuncompress|str_rot13|file_get_contents|file_put_contents|fopen|readfile|include(?:_once)?|require(?:_once)?|highlight_file|show_source|posix_\w{2,20})\s{0,8}\(\s{0,8}(?:['"`$@]|\$_)|\bphpinfo\s{0,8}\(\s{0,8}\)/ },
+    pattern: /\b(?:system|exec|shell_exec|passthru|popen|proc_open|pcntl_exec|assert|create_function|call_user_func(?:_array)?|preg_replace|base64_decode|gzinflate|gzuncompress|str_rot13|file_get_contents|file_put_contents|fopen|readfile|highlight_file|show_source|posix_\w{2,20})\s{0,8}\(\s{0,8}(?:['"`$@]|\$_)|\bphpinfo\s{0,8}\(\s{0,8}\)|\b(?:include|require)(?:_once)?\s{0,8}\(?\s{0,8}['"](?:https?|ftps?|php|data|file|expect|zip|phar|glob):/ },
   { id: 1403, family: 'php', paranoia: 1, severity: 'critical', where: INJ, view: 'dec', pre: ['$_', '$globals'], msg: 'PHP superglobal',
     pattern: /\$_(?:get|post|request|cookie|server|files|env|session)\b|\$globals\b/ },
   { id: 1404, family: 'php', paranoia: 1, severity: 'critical', where: INJ, view: 'dec', pre: ['o:', 'c:'], msg: 'PHP serialized object',
@@ -330,7 +339,8 @@ export const RULES: readonly Rule[] = [
   { id: 2001, family: 'xss', paranoia: 1, severity: 'critical', where: INJ, view: 'dec', pre: ['script'], gate: [], msg: 'script tag',
     pattern: /<script(?:[\s\/>]|$)|<\/script\b/ },
   { id: 2002, family: 'xss', paranoia: 1, severity: 'critical', where: INJ, view: 'dec', pre: ['<'], msg: 'HTML tag that loads or runs content',
-    pattern: /<(?:iframe|frame|frameset|object|embed|applet|svg|math|meta|base|link|style|isindex|import|template|portal|bgsound|layer|ilayer|animate|set|handler|listener|vmlframe|xml)(?=[\s\/>]|$)/ },
+    // A bare `<object>` is as often a type in documentation; these tags load or run something through their attributes.
+    pattern: /<(?:iframe|frame|frameset|object|embed|applet|svg|math|meta|base|link|isindex|import|portal|bgsound|layer|ilayer|animate|set|handler|listener|vmlframe|xml)[\s\/]|<(?:style|template|iframe|frameset)(?:>|$)/ },
   { id: 2003, family: 'xss', paranoia: 1, severity: 'critical', where: INJ, view: 'dec', pre: ['on'], gate: [], msg: 'event handler attribute in a tag',
     pattern: /<[a-z][\w:-]{0,30}(?:[\s\/][^>]{0,300}?)?[\s\/"'`;,]on[a-z]{3,40}\s{0,8}=/ },
   { id: 2004, family: 'xss', paranoia: 1, severity: 'critical', where: INJ, view: 'js', pre: ['on'], gate: [], msg: 'event handler attribute injected after a quote',
@@ -338,7 +348,7 @@ export const RULES: readonly Rule[] = [
   { id: 2005, family: 'xss', paranoia: 1, severity: 'critical', where: INJ, view: 'dec', pre: [':'], gate: [':'], msg: 'javascript: or vbscript: URL with code',
     pattern: /(?:j\s{0,4}a\s{0,4}v\s{0,4}a|v\s{0,4}b|l\s{0,4}i\s{0,4}v\s{0,4}e)\s{0,4}s\s{0,4}c\s{0,4}r\s{0,4}i\s{0,4}p\s{0,4}t\s{0,4}:\s{0,8}(?:[\w$]{1,64}\s{1,8}[([=`]|[^\s()[\]=`\\<'"!{~+]{0,200}[()[\]=`\\<'"!{~+])/ },
   { id: 2006, family: 'xss', paranoia: 1, severity: 'critical', where: INJ, view: 'js', pre: JS_SINKS_STRICT, gate: ['('], msg: 'call of a script function used to prove or run injected code',
-    pattern: re(String.raw`\b(?:${alt(JS_SINKS_STRICT)})(?:\)|\?\.)?(?:\(|\`|\.(?:call|apply|bind)\s{0,8}\()|\b(?:${alt(JS_SINKS_STRICT)})\s{1,8}\(\s{0,8}(?:\d|['"\`\/)]|document\b|window\b|this\b)|\.[a-z]{2,20}\(\s{0,8}(?:${alt(JS_SINKS_STRICT)})\s{0,8}\)`) },
+    pattern: re(String.raw`\b(?:${alt(JS_SINKS_STRICT)})(?:\)|\?\.)?(?:\(|\.(?:call|apply|bind)\s{0,8}\()|(?<![\w\`.-])(?:${alt(JS_SINKS_STRICT)})\`|\b(?:${alt(JS_SINKS_STRICT)})\s{1,8}\(\s{0,8}(?:\d|['"\`\/)]|document\b|window\b|this\b)|\.[a-z]{2,20}\(\s{0,8}(?:${alt(JS_SINKS_STRICT)})\s{0,8}\)`) },
   { id: 2007, family: 'xss', paranoia: 1, severity: 'critical', where: INJ, view: 'js', pre: ['document', 'window', 'self', 'top', 'parent', 'frames', 'globalthis', 'this'], gate: ['document', 'window', 'globalthis', 'frames', { lit: 'self', confirm: DOM_CONFIRM }, { lit: 'top', confirm: DOM_CONFIRM }, { lit: 'parent', confirm: DOM_CONFIRM }], msg: 'access to cookies, storage or navigation of the document',
     pattern: /\b(?:document|window|self|top|parent|frames|globalthis)\s{0,8}(?:\??\.\s{0,8}|\[\s{0,8}['"`])(?:cookie|domain|opener|localstorage|sessionstorage|(?:write|writeln|eval)['"`]?\s{0,8}\]?\s{0,8}\(|location['"`]?\s{0,8}\]?\s{0,8}(?:\.\s{0,8}(?:href|replace|assign)\b|=))|\bthis\s{0,8}\[\s{0,8}['"`](?:src|href|innerhtml|outerhtml|action|formaction|srcdoc)/ },
   { id: 2008, family: 'xss', paranoia: 1, severity: 'critical', where: INJ, view: 'dec', pre: ['data:'], msg: 'data: URL carrying HTML or script',

@@ -158,9 +158,8 @@ export function tokenize(s: string, quote: string | null, max = 4096): Token[] {
       const st = i;
       while (i < n && isWord(s.charCodeAt(i))) i++;
       const w = s.slice(st, i);
-      let j = i;
-      while (j < n && isSpace(s.charCodeAt(j))) j++;
-      const call = s.charCodeAt(j) === 40;
+      // A call only when `(` follows at once: SQL engines parse `sleep (5)` as a name and an expression.
+      const call = s.charCodeAt(i) === 40;
       let t: T;
       if (w === 'union') t = T.Union;
       else if (STATEMENTS.has(w)) t = T.Statement;
@@ -403,7 +402,7 @@ const dangerousFunc: Detector = (tk, s) => {
   return null;
 };
 
-/** A quote that closes the literal and then comments out or ends the query: `admin'--`, `x';`. */
+/** A quote that closes the literal and then comments out or ends the query: `admin'--`, `admin'#`, `x';`. */
 const quoteComment: Detector = (tk, s, comments) => {
   if (!comments && !tk.some((k) => k.t === T.Semi)) return null;
   const first = tk[0];
@@ -411,7 +410,14 @@ const quoteComment: Detector = (tk, s, comments) => {
   let j = 1;
   while (tk[j]?.t === T.RParen) j++;
   const k = tk[j];
-  if (k && (k.t === T.Comment || (k.t === T.Semi && (!tk[j + 1] || tk[j + 1]!.t === T.Comment || tk[j + 1]!.t === T.Statement)))) return span(s, tk, 0, j);
+  if (!k) return null;
+  if (k.t === T.Comment) {
+    // `#` and `--` comment out the rest only when followed by a blank or the end; `"#anchor"` and `"--flag"` are text.
+    if (k.v === '/*') return span(s, tk, 0, j);
+    const after = s.charCodeAt(k.p + k.v.length);
+    return Number.isNaN(after) || isSpace(after) ? span(s, tk, 0, j) : null;
+  }
+  if (k.t === T.Semi && (!tk[j + 1] || tk[j + 1]!.t === T.Comment)) return span(s, tk, 0, j);
   return null;
 };
 
