@@ -34,6 +34,8 @@ export const ERRORS = {
   BEXT_ERR_PROXY_TIMEOUT: { status: 504, message: 'the upstream did not answer in time' },
   BEXT_ERR_WAF_BLOCKED: { status: 403, message: 'the web application firewall blocked the request' },
   BEXT_ERR_SHUTDOWN: { status: 503, message: 'the server is shutting down' },
+  BEXT_ERR_QUERY_INVALID: { status: 400, message: 'a query parameter of an admin route is invalid' },
+  BEXT_ERR_STREAM_LIMIT: { status: 503, message: 'too many streams of this kind are open' },
   BEXT_ERR_CLI_USAGE: { status: 0, message: 'the command line is wrong' },
 } as const;
 
