@@ -67,7 +67,13 @@ export default definePlugin((host: HostApi) => {
     next = (next + 1) % eventsRingSize;
     totals.detected++;
     for (const f of r.families) host.metric(r.blocked ? 'blocked_total' : 'detections_total', 1, { family: f }, 'counter');
-    host.publish(TOPIC, ev).then(
+    let published: Promise<number>;
+    try {
+      published = host.publish(TOPIC, ev);
+    } catch (e) {
+      published = Promise.reject(e);
+    }
+    published.then(
       () => {
         publishFailing = false;
       },
@@ -110,10 +116,11 @@ export default definePlugin((host: HostApi) => {
       const declared = cl === undefined ? 0 : Number(cl);
       const hasBody = declared > 0 || h['transfer-encoding'] !== undefined || (req.body !== undefined && req.body.length > 0);
       if (!hasBody) return decide(req, undefined, undefined);
-      // Too large to inspect: not read at all; the engine scores rule 1011.
-      if (declared > maxBodyBytes) return decide(req, undefined, declared);
-      // Compressed bodies need the bytes; otherwise the kernel's text copy (needs: body) is enough.
+      // The kernel's text copy (needs: body) serves unless the body is compressed; the engine inspects
+      // at most maxBodyBytes of it and scores rule 1011 beyond.
       if (req.body !== undefined && h['content-encoding'] === undefined) return decide(req, req.body, undefined);
+      // Too large to inspect and not read yet: it is not read at all; the engine scores rule 1011.
+      if (declared > maxBodyBytes) return decide(req, undefined, declared);
       return req.readBody().then(
         (buf) => decide(req, buf, undefined),
         (e: unknown) => {

@@ -3,7 +3,10 @@
  * arguments, cookies, JSON leaves, multipart parts, XML text. Every parser is
  * a forward scan with `indexOf`; none backtracks.
  */
-import { urlDecode } from './decode.js';
+import { urlDecode as importedUrlDecode } from './decode.js';
+
+// Imported bindings are read through accessors once transpiled (tsx); the hot paths use a local copy.
+const urlDecode = importedUrlDecode;
 
 /** Receives one value: its name (argument, key, part) and the value. Returns false to stop. */
 export type Sink = (name: string, value: string) => boolean;
