@@ -6,7 +6,7 @@
  * request. An optional access log writes one pino line per request.
  */
 import pino, { type Logger as Pino } from 'pino';
-import { definePlugin, globToRegExp, type HostApi, type LogLevel, type RequestRecord, type ResponseData } from '../../plugin-api/index.js';
+import { BextError, definePlugin, globToRegExp, type HostApi, type LogLevel, type RequestRecord, type ResponseData } from '../../plugin-api/index.js';
 import { answeredBy, cacheStatus, redactHeaders, wafVerdict, type CaptureOptions } from './summary.js';
 
 export { answeredBy, cacheStatus, redactHeaders, wafVerdict } from './summary.js';
@@ -75,7 +75,11 @@ export function toEntry(rec: RequestRecord, opts: CaptureOptions): RequestEntry 
 
 /** Filters for the admin route, from its query string. */
 function filterOf(q: URLSearchParams): (e: RequestRecord, entry: () => RequestEntry) => boolean {
+  const invalid = (name: string, expected: string) =>
+    new BextError('BEXT_ERR_QUERY_INVALID', `${name}=${q.get(name)}: expected ${expected}`, { hint: 'e.g. /__bext/requests?status=5xx&minMs=100&limit=50' });
   const status = q.get('status');
+  if (status !== null && !/^([1-5]xx|[1-5]\d\d)$/i.test(status)) throw invalid('status', 'a status (404) or class (5xx)');
+  for (const n of ['minMs', 'limit']) if (q.has(n) && !(Number(q.get(n)) >= 0)) throw invalid(n, 'a non-negative number');
   const statusTest = status
     ? /^[1-5]xx$/i.test(status)
       ? (s: number) => Math.floor(s / 100) === Number(status[0])
@@ -158,11 +162,17 @@ export default definePlugin((host: HostApi) => {
     onRoute(req): ResponseData {
       if (req.params?.id !== undefined) {
         for (const r of newest()) if (r.id === req.params.id) return { status: 200, headers: JSON_HEADERS, body: JSON.stringify(toEntry(r, opts)) };
-        return { status: 404, headers: JSON_HEADERS, body: JSON.stringify({ error: { code: 'BEXT_ERR_NOT_FOUND', message: `request ${req.params.id} is not in the ring (it keeps the last ${cfg.size})` } }) };
+        const err = new BextError('BEXT_ERR_NOT_FOUND', `request ${req.params.id} is not in the ring (it keeps the last ${cfg.size})`);
+        return { status: 404, headers: JSON_HEADERS, body: JSON.stringify(err.toJSON()) };
       }
       const q = new URLSearchParams(req.query);
       const limit = Math.max(1, Math.min(cfg.size, Number(q.get('limit')) || 100));
-      const keep = filterOf(q);
+      let keep: ReturnType<typeof filterOf>;
+      try {
+        keep = filterOf(q);
+      } catch (e) {
+        return { status: 400, headers: JSON_HEADERS, body: JSON.stringify((e as BextError).toJSON()) };
+      }
       const out: RequestEntry[] = [];
       for (const r of newest()) {
         let e: RequestEntry | undefined;

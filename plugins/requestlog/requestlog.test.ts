@@ -76,6 +76,9 @@ describe('requestlog', () => {
     expect((await entries(b, '?status=200&method=post')).requests).toHaveLength(1);
     expect((await entries(b, '?path=/missing/&limit=2')).requests.map((e) => e.path)).toEqual(['/missing/7', '/missing/6']);
     expect((await fetch(`${b.adminUrl}/__bext/requests/nope`)).status).toBe(404);
+    const bad = await fetch(`${b.adminUrl}/__bext/requests?status=abc`);
+    expect(bad.status).toBe(400);
+    expect((await bad.json()).error).toBe('BEXT_ERR_QUERY_INVALID');
   });
 
   it('does not capture its own routes, probes or scrapes, and is an admin route', async () => {
