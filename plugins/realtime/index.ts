@@ -36,6 +36,8 @@ export interface RealtimeConfig {
 /** Most topics an SSE id carries positions for; older ones fall out. */
 const MAX_ID_TOPICS = 64;
 const HEARTBEAT = Buffer.from(':\n\n');
+const kConn = Symbol('realtime.conn');
+const noop = () => undefined;
 const TEXT = { binary: false } as const;
 const JSON_HEADERS = { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' };
 const CLOSE_CODES: Record<string, number> = { shutdown: 1001, 'token-expired': 4001, 'pong-timeout': 4002, forbidden: 4003, 'slow-consumer': 4008 };
@@ -100,9 +102,10 @@ class SseConn extends Conn {
     this.pos.delete(e.topic);
     this.pos.set(e.topic, `${e.offset}:${e.epoch}`);
     if (this.pos.size > MAX_ID_TOPICS) this.pos.delete(this.pos.keys().next().value!);
-    this.stream.push(Buffer.concat([Buffer.from(`id: ${this.id_()}\n`), e.sseData]));
+    this.stream.push(Buffer.concat([Buffer.from(`id: ${this.idVector()}\n`), e.sseData]));
   }
-  id_(): string {
+  /** The id of a multi-topic connection: `topic=offset:epoch,…`. */
+  idVector(): string {
     let s = '';
     for (const [t, p] of this.pos!) s += s ? `,${t}=${p}` : `${t}=${p}`;
     return s;
@@ -274,13 +277,14 @@ export default definePlugin(async (host: HostApi) => {
     const lastId = req.headers['last-event-id'];
     const since = parseSince(typeof lastId === 'string' && lastId ? lastId : q.get('since'), subs);
     const single = subs.length === 1 && !subs[0]!.wildcard;
-    const stream = new Readable({ read() {} });
+    const stream = new Readable({ read: noop });
     const conn = new SseConn(p, stream, req.raw.socket, single ? null : new Map());
-    stream.on('close', () => hub.detach(conn));
+    (stream as Readable & { [kConn]?: Conn })[kConn] = conn;
+    stream.on('close', onStreamClose);
     stream.push(`retry: ${cfg.sse.retryMs}\n\n`);
     await hub.attach(conn, subs, since, (positions) => {
       if (conn.pos) for (const [t, pos] of positions) conn.pos.set(t, formatPosition(pos));
-      const id = conn.pos ? conn.id_() : formatPosition(positions.get(subs[0]!.key) ?? null);
+      const id = conn.pos ? conn.idVector() : formatPosition(positions.get(subs[0]!.key) ?? null);
       conn.notice('subscribed', { client: conn.id, topics: subs.map((s) => s.key), positions: positionsBody(positions) }, id);
     });
     return {
@@ -372,6 +376,25 @@ export default definePlugin(async (host: HostApi) => {
     }
   };
 
+  // Shared handlers that find their connection on the emitter: ten thousand idle sockets should not each carry closures.
+  function onStreamClose(this: Readable & { [kConn]?: Conn }): void {
+    if (this[kConn]) hub.detach(this[kConn]);
+  }
+  function onSocketGone(this: WebSocket & { [kConn]?: WsConn }): void {
+    if (this[kConn]) hub.detach(this[kConn]);
+  }
+  function onPong(this: WebSocket & { [kConn]?: WsConn }): void {
+    if (this[kConn]) this[kConn].awaitingPong = false;
+  }
+  function onWsMessage(this: WebSocket & { [kConn]?: WsConn }, data: Buffer): void {
+    const conn = this[kConn];
+    if (!conn) return;
+    wsMessage(conn, data).catch((e: unknown) => {
+      log('error', 'realtime websocket message failed', { error: (e as Error).message });
+      conn.notice('error', { code: isBextError(e) ? e.code : 'internal', message: (e as Error).message });
+    });
+  }
+
   const ws = async (req: TrustedRequest): Promise<ResponseData | { action: 'upgrade'; upgrade: (raw: TrustedRequest['raw'], socket: Duplex, head: Buffer) => void }> => {
     if (String(req.headers.upgrade ?? '').toLowerCase() !== 'websocket') {
       return json(426, { error: 'upgrade_required', error_description: 'connect with a WebSocket client' }, { upgrade: 'websocket' });
@@ -389,15 +412,11 @@ export default definePlugin(async (host: HostApi) => {
         wss.handleUpgrade(raw, socket, head, (sock) => {
           const conn = new WsConn(p, sock);
           hub.conns.add(conn);
-          sock.on('close', () => hub.detach(conn));
-          sock.on('error', () => hub.detach(conn));
-          sock.on('pong', () => (conn.awaitingPong = false));
-          sock.on('message', (data: Buffer) => {
-            wsMessage(conn, data).catch((e: unknown) => {
-              log('error', 'realtime websocket message failed', { error: (e as Error).message });
-              conn.notice('error', { code: isBextError(e) ? e.code : 'internal', message: (e as Error).message });
-            });
-          });
+          (sock as WebSocket & { [kConn]?: WsConn })[kConn] = conn;
+          sock.on('close', onSocketGone);
+          sock.on('error', onSocketGone);
+          sock.on('pong', onPong);
+          sock.on('message', onWsMessage);
           if (subs.length) {
             void hub.attach(conn, subs, since, (positions) => conn.notice('subscribed', { topics: subs.map((s) => s.key), positions: positionsBody(positions) }));
           }
