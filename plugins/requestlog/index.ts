@@ -41,6 +41,8 @@ export interface RequestEntry {
   wafFamilies?: string[];
   /** The plugin and hook whose decision became the response. */
   answeredBy?: string;
+  /** The trace id, when the tracing plugin traced the request. */
+  traceId?: string;
   timings: { plugin: string; hook: string; startMs: number; durMs: number; error?: string }[];
   requestHeaders?: Record<string, string | string[]>;
   responseHeaders?: Record<string, string | string[]>;
@@ -68,6 +70,7 @@ export function toEntry(rec: RequestRecord, opts: CaptureOptions): RequestEntry 
     ...(cache ? { cache } : {}),
     ...(waf ? { waf: waf.verdict, ...(waf.score ? { wafScore: waf.score } : {}), ...(waf.families.length ? { wafFamilies: waf.families } : {}) } : {}),
     ...(by ? { answeredBy: by } : {}),
+    ...(typeof rec.ctx.traceId === 'string' ? { traceId: rec.ctx.traceId } : {}),
     timings: rec.timings.map((t) => ({ plugin: t.plugin, hook: t.hook, startMs: round3(t.startMs), durMs: round3(t.durMs), ...(t.error ? { error: t.error } : {}) })),
     ...(opts.headers ? { requestHeaders: redactHeaders(rec.requestHeaders, opts.redact), responseHeaders: redactHeaders(rec.responseHeaders, opts.redact) } : {}),
   };
