@@ -182,8 +182,16 @@ export default definePlugin(async (host) => {
       if (reason === 'evict') stats.evictions++;
     },
   });
-  /** Primary key → the request headers its stored response varies on. */
-  const varyIndex = new LRUCache<string, string[]>({ max: 100_000 });
+  /** Primary key → the request headers its stored response varies on (a Map: read on every request, where an LRU's bookkeeping shows). */
+  const varyMap = new Map<string, string[]>();
+  const varyIndex = {
+    get: (k: string) => varyMap.get(k),
+    delete: (k: string) => varyMap.delete(k),
+    set(k: string, v: string[]) {
+      if (varyMap.size >= 100_000 && !varyMap.has(k)) varyMap.delete(varyMap.keys().next().value!);
+      varyMap.set(k, v);
+    },
+  };
   /** Keys whose last answer was uncacheable: until then (performance.now()), requests do not queue behind each other. */
   const passUntil = new LRUCache<string, number>({ max: 10_000 });
   const fills = new Map<string, Promise<FillResult>>();
@@ -447,6 +455,10 @@ export default definePlugin(async (host) => {
       if (e.lastModified) h['last-modified'] = e.lastModified;
       if (e.compressible) h.vary = varyWith(h.vary, 'Accept-Encoding');
       if (coding) h['content-encoding'] = coding;
+      // Per-hit fields exist in the template so a hit only overwrites them: adding keys to a
+      // freshly spread object costs microseconds in V8, overwriting costs nanoseconds.
+      h.age = '0';
+      h['cache-status'] = '';
       e.prebuilt.set(coding, h);
     }
     return h;
@@ -465,7 +477,6 @@ export default definePlugin(async (host) => {
 
   /** The response for an entry: negotiated variant (made now if missing), 304, Age and Cache-Status. */
   function respond(e: LiveEntry, c: Lookup | null, req: TrustedRequest, status: string, isHit: boolean): ResponseData | Promise<ResponseData> {
-    const t = now();
     let coding: ContentCoding | '' = '';
     if (e.compressible) {
       const pref = prefFor(req.headers['accept-encoding']);
@@ -477,25 +488,41 @@ export default definePlugin(async (host) => {
       }
       const want = pref.codings[0];
       if (coding === '' && want !== undefined && req.method !== 'HEAD') {
-        return addVariant(e, want, isHit).then(() => respond(e, c, req, status, isHit), () => build(''));
+        return addVariant(e, want, isHit).then(() => respond(e, c, req, status, isHit), () => build(e, c, req, status, ''));
       }
     }
-    return build(coding);
-
-    function build(cd: ContentCoding | ''): ResponseData {
-      const head = headFor(e, cd);
-      const age = String(Math.floor(ageMs(e, t) / 1000));
-      const cs = cacheStatus(e.headers, status);
-      if (notModified(e, c, req)) {
-        const h: Headers = { age, 'cache-status': cs };
-        for (const k of HEADERS_304) if (head[k] !== undefined) h[k] = head[k]!;
-        return { status: 304, headers: h };
-      }
-      return { status: e.status, headers: { ...head, age, 'cache-status': cs }, body: cd ? e.variants[cd]! : e.body };
-    }
+    return build(e, c, req, status, coding);
   }
 
-  async function addVariant(e: LiveEntry, coding: ContentCoding, isHit: boolean): Promise<void> {
+  function build(e: LiveEntry, c: Lookup | null, req: TrustedRequest, status: string, cd: ContentCoding | ''): ResponseData {
+    const head = headFor(e, cd);
+    const age = String(Math.floor(ageMs(e, now()) / 1000));
+    const cs = cacheStatus(e.headers, status);
+    if (notModified(e, c, req)) {
+      const h: Headers = { age, 'cache-status': cs };
+      for (const k of HEADERS_304) if (head[k] !== undefined) h[k] = head[k]!;
+      return { status: 304, headers: h };
+    }
+    const headers = { ...head };
+    headers.age = age;
+    headers['cache-status'] = cs;
+    return { status: e.status, headers, body: cd ? e.variants[cd]! : e.body };
+  }
+
+  /** Variants being made, so that concurrent requests for the same missing one compress once. */
+  const making = new WeakMap<LiveEntry, Map<ContentCoding, Promise<void>>>();
+  function addVariant(e: LiveEntry, coding: ContentCoding, isHit: boolean): Promise<void> {
+    let m = making.get(e);
+    if (!m) making.set(e, (m = new Map()));
+    let p = m.get(coding);
+    if (!p) {
+      p = makeVariant(e, coding, isHit).finally(() => m!.delete(coding));
+      m.set(coding, p);
+    }
+    return p;
+  }
+
+  async function makeVariant(e: LiveEntry, coding: ContentCoding, isHit: boolean): Promise<void> {
     if (isHit) stats.hitCompressions++;
     else stats.fillCompressions++;
     const out = await encode(coding, e.body, levels[coding]);
@@ -617,7 +644,8 @@ export default definePlugin(async (host) => {
     const stored: Headers = {};
     for (const k in headers) {
       const lk = k.toLowerCase();
-      if (NOT_STORED_HEADERS.includes(lk) || policy.dropFields.includes(lk)) continue;
+      // ETag and Last-Modified live on the entry (generated when absent); deleting them later would slow every copy of this object.
+      if (NOT_STORED_HEADERS.includes(lk) || policy.dropFields.includes(lk) || lk === 'etag' || lk === 'last-modified') continue;
       if (lk === tagHeader && !cfg.exposeTagHeader) continue;
       stored[lk] = headers[k]!;
     }
@@ -668,8 +696,6 @@ export default definePlugin(async (host) => {
       varyValues,
       rule: c.rule.name,
     });
-    delete entry.headers.etag;
-    delete entry.headers['last-modified'];
     // Same bytes as the stale copy: keep its variants instead of compressing again.
     if (stale && stale.etag === entry.etag && stale.body.equals(body)) Object.assign(entry.variants, stale.variants);
     if (isCompressible && req.method !== 'HEAD') {

@@ -59,6 +59,8 @@ function paramName(part: string): string {
   }
 }
 
+const EMPTY_QUERY = Object.freeze({ key: '', render: '' });
+
 /**
  * The query as keyed (tracking parameters dropped, escapes normalised,
  * stable-sorted by name so `a=1&a=2` keeps its order) and as the renderer
@@ -66,7 +68,7 @@ function paramName(part: string): string {
  * is rendered is exactly what the key describes.
  */
 export function normaliseQuery(query: string, strip: (name: string) => boolean): { key: string; render: string } {
-  if (query === '') return { key: '', render: '' };
+  if (query === '') return EMPTY_QUERY;
   const kept: { name: string; part: string }[] = [];
   let dropped = false;
   for (const part of query.split('&')) {

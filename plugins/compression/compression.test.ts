@@ -163,7 +163,7 @@ describe('compression', () => {
         const n = await reader.next();
         expect(n.done).toBe(false);
         dec.write(n.value as Buffer);
-        await new Promise((res) => dec.flush(res));
+        await new Promise<void>((res) => dec.flush(() => res()));
       }
       expect(text).toBe('<html><head><title>shell</title></head><body>');
       release();

@@ -132,6 +132,18 @@ export default definePlugin((host) => {
     return p;
   };
 
+  const varyMemo = new Map<string, boolean>();
+  const varyHasAE = (v: string | string[] | undefined): boolean => {
+    if (v === undefined) return false;
+    const k = Array.isArray(v) ? v.join(', ') : v;
+    let r = varyMemo.get(k);
+    if (r === undefined) {
+      r = varyWith(k, 'Accept-Encoding') === k;
+      if (varyMemo.size < 256) varyMemo.set(k, r);
+    }
+    return r;
+  };
+
   const flush = () => {
     try {
       for (const [enc, n] of counters.responses) host.metric('responses_total', n, { encoding: enc }, 'counter');
@@ -174,6 +186,10 @@ export default definePlugin((host) => {
       const h: Headers = res.headers;
       if (h['content-encoding'] !== undefined) return undefined;
       if (res.status < 200 || NO_BODY.has(res.status) || res.status === 206 || h['content-range'] !== undefined) return undefined;
+      const pref = prefFor(req.headers['accept-encoding']);
+      const coding = pref.codings[0];
+      // Nothing to encode for this client, and Vary already right: the common cache-hit case, decided without touching the body.
+      if ((coding === undefined || req.method === 'HEAD') && varyHasAE(h.vary)) return undefined;
       // Read once: for a byte body the view decodes it on every access.
       const body = res.body;
       // String bodies without a type are written as text/plain by the kernel.
@@ -184,8 +200,6 @@ export default definePlugin((host) => {
       const len = knownLength(h, body);
       if (len !== undefined && len < cfg.minBytes) return skip('small');
       const vary = varyWith(h.vary, 'Accept-Encoding');
-      const pref = prefFor(req.headers['accept-encoding']);
-      const coding = pref.codings[0];
       if (coding === undefined || req.method === 'HEAD') {
         counters.add(counters.responses, 'identity');
         return vary === h.vary ? undefined : { setHeaders: { vary } };
