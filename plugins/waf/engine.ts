@@ -216,7 +216,23 @@ const SKIP_HEADERS = new Set([
 ]);
 /** Headers holding a URL whose `scheme://host` part cannot carry an injection when it is well formed. */
 const URL_HEADERS = new Set(['referer', 'origin']);
-const URL_ORIGIN = /^https?:\/\/[a-z0-9.-]{1,253}(?::\d{1,5})?(?=\/|$)/i;
+/** Length of a well-formed `http(s)://host[:port]` prefix (letters, digits, dots, dashes), or 0. */
+function originLength(v: string): number {
+  let i = v.startsWith('https://') ? 8 : v.startsWith('http://') ? 7 : 0;
+  if (i === 0) return 0;
+  const start = i;
+  for (; i < v.length; i++) {
+    const c = v.charCodeAt(i) | 0x20;
+    if (!((c >= 97 && c <= 122) || (c >= 48 && c <= 57) || c === 0x2e || c === 0x2d)) break;
+  }
+  if (i === start) return 0;
+  if (v.charCodeAt(i) === 58 /* : */) {
+    const p = i;
+    for (i++; i < v.length && v.charCodeAt(i) >= 48 && v.charCodeAt(i) <= 57; i++);
+    if (i === p + 1) return 0;
+  }
+  return i === v.length || v.charCodeAt(i) === 47 /* / */ ? i : 0;
+}
 
 // Imported bindings are read through accessors once transpiled (tsx); the hot paths use local copies.
 const { PATH: W_PATH, ARG: W_ARG, NAME: W_NAME, HEADER: W_HEADER, COOKIE: W_COOKIE, BODY: W_BODY, XML: W_XML, UA: W_UA } = W;
@@ -381,7 +397,7 @@ export function createWaf(input: Partial<WafConfig> = {}, options: WafOptions = 
       }
       if (runRules(rulesFor(where), newViews(v), prefix, name)) out = HIT;
     }
-    if (where !== W_PATH && isBase64Shaped(v)) {
+    if (v.length >= 8 && where !== W_PATH && isBase64Shaped(v)) {
       const text = readBase64(v);
       if (text !== null && prefilter.needs(text)) {
         if (out === CLEAN) out = SCANNED;
@@ -436,24 +452,26 @@ export function createWaf(input: Partial<WafConfig> = {}, options: WafOptions = 
     }
   }
 
+  let cookieOutcome: Outcome = CLEAN;
+  /** One cookie: created once, not per request. */
+  const cookie = (cn: string, cv: string): boolean => {
+    if (!budget()) return false;
+    if (cn) cookieOutcome = Math.max(cookieOutcome, value(W_NAME, 'cookie-name', cn, cn)) as Outcome;
+    cookieOutcome = Math.max(cookieOutcome, value(W_COOKIE, 'cookie', cn, cv)) as Outcome;
+    return true;
+  };
+
   function header(name: string, v: string): void {
     let cache = useHeaderCache ? headerCache.get(name) : undefined;
     if (cache?.has(v)) return;
     let out: Outcome = CLEAN;
     if (name === 'cookie') {
-      parseCookies(v, (cn, cv) => {
-        if (!budget()) return false;
-        if (cn) out = Math.max(out, value(W_NAME, 'cookie-name', cn, cn)) as Outcome;
-        out = Math.max(out, value(W_COOKIE, 'cookie', cn, cv)) as Outcome;
-        return true;
-      });
+      cookieOutcome = CLEAN;
+      parseCookies(v, cookie);
+      out = cookieOutcome;
     } else {
       if (!budget()) return;
-      let u = v;
-      if (URL_HEADERS.has(name)) {
-        const m = URL_ORIGIN.exec(v);
-        if (m) u = v.slice(m[0].length);
-      }
+      const u = URL_HEADERS.has(name) ? v.slice(originLength(v)) : v;
       out = value(name === 'user-agent' ? W_HEADER | W_UA : W_HEADER, 'header', name, u);
     }
     // Only values that took the full inspection are worth remembering: browsers repeat them (User-Agent).

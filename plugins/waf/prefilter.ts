@@ -44,7 +44,8 @@ export class Prefilter {
       this.#sym[c] = ++k;
     }
     for (let c = 65; c <= 90; c++) this.#sym[c] = this.#sym[c + 32]!;
-    this.#k = k + 1;
+    // Rows start at even offsets, so bit 0 of a transition can flag a target state that has outputs.
+    this.#k = (k + 1) % 2 === 0 ? k + 1 : k + 2;
     const lits: { lit: string; confirm?: RegExp }[] = [];
     const first = new Set<string>();
     for (const g of gates) {
@@ -63,28 +64,26 @@ export class Prefilter {
     const sym = this.#sym;
     const delta = this.#delta;
     const n = v.length;
-    let space = -1;
-    // A state is the offset of its row; column 0 (no symbol uses it) holds the state's output.
+    // A state is the offset of its row; a transition with bit 0 set leads to a state with outputs,
+    // which column 0 of its row describes (1 hit, 2 confirm).
     let state = 0;
     for (let i = 0; i < n; i++) {
       const c = v.charCodeAt(i);
       if (c >= 128) return true;
       const s = sym[c]!;
       if (s === 0) return true;
-      if (c === 32 && space === -1) space = i;
       state = delta[state + s]!;
-      const o = delta[state]!;
-      if (o !== 0) {
-        if (o === 1) return true;
+      if ((state & 1) !== 0) {
+        state ^= 1;
+        if (delta[state] === 1) return true;
         for (const re of this.#confirms[state]!) if (re.test(v)) return true;
       }
     }
-    return space !== -1 && this.#firstWord(v);
+    return this.#first.size !== 0 && v.indexOf(' ') !== -1 && this.#firstWord(v);
   }
 
   /** The first word (after leading spaces, path and `.exe` stripped) is a gate word and something follows it. */
   #firstWord(v: string): boolean {
-    if (this.#first.size === 0) return false;
     let a = 0;
     while (a < v.length && v.charCodeAt(a) === 32) a++;
     let b = a;
@@ -156,6 +155,12 @@ export class Prefilter {
       }
     }
     const confirmsByRow: (RegExp[] | undefined)[] = [];
+    for (let st = 0; st < n; st++) {
+      for (let s = 1; s < k; s++) {
+        const to = delta[st * k + s]!;
+        if (out[to / k] !== 0) delta[st * k + s] = to | 1;
+      }
+    }
     for (let st = 0; st < n; st++) {
       delta[st * k] = out[st]!;
       if (confirms[st]) confirmsByRow[st * k] = confirms[st];
