@@ -63,7 +63,8 @@ async function serve(kind: string): Promise<void> {
   const gc = (globalThis as { gc?: () => void }).gc;
   process.on('SIGUSR2', () => {
     for (let i = 0; i < 3; i++) gc?.();
-    process.stdout.write(`RSS ${process.memoryUsage().rss}\n`);
+    const m = process.memoryUsage();
+    process.stdout.write(`RSS ${m.rss} ${m.heapUsed}\n`);
   });
   if (kind === 'bare') {
     const { WebSocketServer } = await import('ws');
@@ -157,9 +158,11 @@ function start(args: string[]): Proc {
   };
 }
 
-async function rss(server: Proc): Promise<number> {
+/** RSS and V8 heap of the server after a full GC. */
+async function memory(server: Proc): Promise<{ rss: number; heap: number }> {
   server.proc.kill('SIGUSR2');
-  return Number((await server.next('RSS ')).split(' ')[1]);
+  const [, rss, heap] = (await server.next('RSS ')).split(' ').map(Number);
+  return { rss: rss!, heap: heap! };
 }
 
 function post(url: string, body: string): Promise<void> {
@@ -183,6 +186,7 @@ interface Result {
   p99: number;
   max: number;
   rssPerConn: number;
+  heapPerConn: number;
   expected: number;
   /** Median publish round trip: the server's time to write one message to every subscriber. */
   fanoutMs: number;
@@ -193,12 +197,12 @@ async function run(kind: 'bare' | 'kernel' | 'bext', transport: 'sse' | 'ws', n:
   let load: Proc | null = null;
   try {
     const [, port, publishUrl] = (await server.next('LISTENING ')).split(' ');
-    const rss0 = await rss(server);
+    const mem0 = await memory(server);
     const url = transport === 'sse' ? `http://127.0.0.1:${port}/__bext/events?topic=bench/all` : `ws://127.0.0.1:${port}/__bext/ws?topic=bench/all`;
     const l = start(['--import', 'tsx', 'bench/realtime-load.ts', transport, url, String(n)]);
     load = l;
     const [, connected] = (await l.next('CONNECTED ')).split(' ').map(Number);
-    const rss1 = await rss(server);
+    const mem1 = await memory(server);
     l.proc.stdin!.write('MEASURE\n');
     const pad = 'x'.repeat(64);
     const count = seconds * rate;
@@ -217,14 +221,40 @@ async function run(kind: 'bare' | 'kernel' | 'bext', transport: 'sse' | 'ws', n:
     // Let the last message's fan-out land before counting.
     await new Promise((r) => setTimeout(r, 1500));
     l.proc.stdin!.write('STOP\n');
-    const res = JSON.parse(await l.next('{')) as Omit<Result, 'rssPerConn' | 'expected' | 'fanoutMs'>;
-    return { ...res, rssPerConn: (rss1 - rss0) / Math.max(1, connected!), expected: count * connected!, fanoutMs: fanout[Math.floor(fanout.length / 2)]! };
+    const res = JSON.parse(await l.next('{')) as Omit<Result, 'rssPerConn' | 'heapPerConn' | 'expected' | 'fanoutMs'>;
+    const per = (a: number, b: number) => (b - a) / Math.max(1, connected!);
+    return { ...res, rssPerConn: per(mem0.rss, mem1.rss), heapPerConn: per(mem0.heap, mem1.heap), expected: count * connected!, fanoutMs: fanout[Math.floor(fanout.length / 2)]! };
   } finally {
     load?.proc.kill('SIGKILL');
     if (load && load.proc.exitCode === null) await once(load.proc, 'exit');
     server.proc.kill('SIGKILL');
     if (server.proc.exitCode === null) await once(server.proc, 'exit');
   }
+}
+
+/** The hub's own share of a delivery: fan-out to connections whose write is a no-op. */
+async function hubOnly(n: number): Promise<string> {
+  const { Conn, Hub } = await import('../plugins/realtime/hub.js');
+  class Null extends Conn {
+    readonly transport = 'sse' as const;
+    bytes = 0;
+    write(e: { sseFrame: Buffer }): void {
+      this.bytes += e.sseFrame.length;
+    }
+    notice(): void {}
+    buffered(): number {
+      return 0;
+    }
+    close(): void {}
+  }
+  const hub = new Hub({ replaySize: 100, replayTtlMs: 60_000, maxBufferBytes: 1 << 20, presence: () => false, announce: () => undefined, log: () => undefined });
+  for (let i = 0; i < n; i++) await hub.attach(new Null(null), [{ key: 'bench/all', segs: ['bench', 'all'], wildcard: false }], new Map(), () => undefined);
+  const data = JSON.stringify({ t: 0, pad: 'x'.repeat(64) });
+  for (let i = 0; i < 50; i++) hub.publish('bench/all', data);
+  const t0 = performance.now();
+  for (let i = 0; i < 200; i++) hub.publish('bench/all', data);
+  const ms = (performance.now() - t0) / 200;
+  return `hub alone (no sockets): ${ms.toFixed(2)} ms per message to ${n.toLocaleString('en-US')} subscribers, ${((ms * 1e6) / n).toFixed(0)} ns per delivery`;
 }
 
 if (process.argv[2] === 'serve') {
@@ -242,11 +272,12 @@ if (process.argv[2] === 'serve') {
     const base = results.get('bare')!;
     for (const [kind, r] of results) {
       const vs = (a: number, b: number) => (kind === 'bare' ? '' : ` (${(a / b).toFixed(2)}×)`);
-      rows.push(`| ${t} | ${label[kind][t]} | ${r.connected.toLocaleString('en-US')}${r.failed ? ` (${r.failed} failed)` : ''} | ${Math.round(r.deliveries / seconds).toLocaleString('en-US')}${vs(r.deliveries, base.deliveries)} | ${((100 * r.deliveries) / r.expected).toFixed(1)}% | ${r.fanoutMs.toFixed(1)}${vs(r.fanoutMs, base.fanoutMs)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)}${vs(r.p99, base.p99)} | ${(r.rssPerConn / 1024).toFixed(1)}${vs(r.rssPerConn, base.rssPerConn)} | ${r.closed} |`);
+      rows.push(`| ${t} | ${label[kind][t]} | ${r.connected.toLocaleString('en-US')}${r.failed ? ` (${r.failed} failed)` : ''} | ${Math.round(r.deliveries / seconds).toLocaleString('en-US')}${vs(r.deliveries, base.deliveries)} | ${((100 * r.deliveries) / r.expected).toFixed(1)}% | ${r.fanoutMs.toFixed(1)}${vs(r.fanoutMs, base.fanoutMs)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)}${vs(r.p99, base.p99)} | ${(r.rssPerConn / 1024).toFixed(1)}${vs(r.rssPerConn, base.rssPerConn)} | ${(r.heapPerConn / 1024).toFixed(1)} | ${r.closed} |`);
     }
   }
   console.log(`realtime benchmark: ${n.toLocaleString('en-US')} subscribers of one topic, ${rate} msg/s for ${seconds}s, load from a separate process`);
-  console.log('| transport | server | subscribers | delivered/s | of expected | server fan-out ms/msg | publish→receive p50 ms | p99 ms (target ≤ 100) | RSS KB per idle conn (target ≤ 8) | dropped |');
-  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  console.log(await hubOnly(n));
+  console.log('| transport | server | subscribers | delivered/s | of expected | server fan-out ms/msg | publish→receive p50 ms | p99 ms (target ≤ 100) | RSS KB per idle conn (target ≤ 8) | of which V8 heap KB | dropped |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const r of rows) console.log(r);
 }
