@@ -17,7 +17,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import http from 'node:http';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface, type Interface } from 'node:readline';
@@ -59,7 +59,7 @@ export default () => ({
 });
 `;
 
-async function serve(kind: string): Promise<void> {
+async function serve(kind: string, pluginDir: string): Promise<void> {
   const gc = (globalThis as { gc?: () => void }).gc;
   process.on('SIGUSR2', () => {
     for (let i = 0; i < 3; i++) gc?.();
@@ -107,14 +107,7 @@ async function serve(kind: string): Promise<void> {
   let source = `file:${join(root, 'plugins/realtime')}`;
   let publishPath = '/__bext/hub/publish';
   if (kind === 'kernel') {
-    // The kernel's own cost: a plugin that streams to every subscriber with no hub behind it.
-    const dir = mkdtempSync(join(tmpdir(), 'bext-bench-rt-'));
-    writeFileSync(join(dir, 'bext-plugin.json'), JSON.stringify({
-      name: 'stream-only', version: '1.0.0', sandbox: 'trusted', entry: 'index.mjs',
-      routes: [{ path: '/__bext/events', methods: ['GET'] }, { path: '/__bext/ws', methods: ['GET'] }, { path: '/publish', methods: ['POST'], admin: true }],
-    }));
-    writeFileSync(join(dir, 'index.mjs'), KERNEL_ONLY_PLUGIN(pathToFileURL(join(root, 'node_modules/ws/wrapper.mjs')).href));
-    source = `file:${dir}`;
+    source = `file:${pluginDir}`;
     publishPath = '/publish';
   }
   const config = parseConfig({ server: { port: 0, host: '127.0.0.1' }, admin: { port: 0, host: '127.0.0.1' }, plugins: kind === 'kernel' ? {} : { realtime: {} } });
@@ -130,6 +123,17 @@ interface Proc {
   proc: ChildProcess;
   lines: Interface;
   next(prefix: string): Promise<string>;
+}
+
+/** The kernel's own cost: a plugin that streams to every subscriber with no hub behind it. */
+function writeKernelOnlyPlugin(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'bext-bench-rt-'));
+  writeFileSync(join(dir, 'bext-plugin.json'), JSON.stringify({
+    name: 'stream-only', version: '1.0.0', sandbox: 'trusted', entry: 'index.mjs',
+    routes: [{ path: '/__bext/events', methods: ['GET'] }, { path: '/__bext/ws', methods: ['GET'] }, { path: '/publish', methods: ['POST'], admin: true }],
+  }));
+  writeFileSync(join(dir, 'index.mjs'), KERNEL_ONLY_PLUGIN(pathToFileURL(join(root, 'node_modules/ws/wrapper.mjs')).href));
+  return dir;
 }
 
 /** Starts a node process with a raised descriptor limit (10,000 sockets need it). */
@@ -193,7 +197,7 @@ interface Result {
 }
 
 async function run(kind: 'bare' | 'kernel' | 'bext', transport: 'sse' | 'ws', n: number, seconds: number, rate: number): Promise<Result> {
-  const server = start(['--expose-gc', '--import', 'tsx', 'bench/realtime.ts', 'serve', kind]);
+  const server = start(['--expose-gc', '--import', 'tsx', 'bench/realtime.ts', 'serve', kind, kernelPlugin]);
   let load: Proc | null = null;
   try {
     const [, port, publishUrl] = (await server.next('LISTENING ')).split(' ');
@@ -257,9 +261,12 @@ async function hubOnly(n: number): Promise<string> {
   return `hub alone (no sockets): ${ms.toFixed(2)} ms per message to ${n.toLocaleString('en-US')} subscribers, ${((ms * 1e6) / n).toFixed(0)} ns per delivery`;
 }
 
+let kernelPlugin = '';
 if (process.argv[2] === 'serve') {
-  await serve(process.argv[3] ?? 'bext');
+  await serve(process.argv[3] ?? 'bext', process.argv[4] ?? '');
 } else {
+  kernelPlugin = writeKernelOnlyPlugin();
+  process.on('exit', () => rmSync(kernelPlugin, { recursive: true, force: true }));
   const n = Number(process.env.BENCH_CONNECTIONS ?? 10_000);
   const seconds = Number(process.env.BENCH_SECONDS ?? 10);
   const rate = Number(process.env.BENCH_RATE ?? 10);
