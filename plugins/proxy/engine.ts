@@ -16,7 +16,7 @@ import {
 import { cidrSet, clientAddress, type CidrSet } from '../../plugin-api/net.js';
 import { ReplayBody } from './body.js';
 import { compileConfig, type CompiledRoute, type ProxyConfig } from './config.js';
-import { clientResponseHeaders, plainAddress, retryAfterMs, upstreamRequestHeaders, type ForwardInfo } from './headers.js';
+import { addVia, plainAddress, retryAfterMs, upstreamRequestHeaders, type ForwardInfo } from './headers.js';
 import { classify, sendH2c, sendHttp1, type AttemptBody, type Cancel, type FailureKind, type Sent } from './transport.js';
 import { Upstream, type Member, type ProxyEvent } from './upstream.js';
 import { connectTo, handshake, join, type Tunnel } from './websocket.js';
@@ -38,6 +38,36 @@ function failure(code: ErrorCode, message: string, upstream: string, reason: str
     headers: { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', ...(e.status === 503 ? { 'retry-after': '1' } : {}) },
     body: JSON.stringify({ ...e.toJSON(), upstream, reason }),
   };
+}
+
+const kCancel = Symbol('bext.proxy.cancel');
+type Watched = NodeJS.EventEmitter & { [kCancel]?: Cancel | null };
+
+function onConnClose(this: Watched): void {
+  const c = this[kCancel];
+  if (c) {
+    c.cancelled = true;
+    c.abort?.();
+  }
+}
+
+/** Points the connection's one close listener at this request's attempts (added once per connection, not per request). */
+function watch(conn: Watched, cancel: Cancel): void {
+  if (!(kCancel in conn)) conn.on('close', onConnClose);
+  conn[kCancel] = cancel;
+  if ((conn as { destroyed?: boolean }).destroyed) cancel.cancelled = true;
+}
+
+function replayable(body: AttemptBody): boolean {
+  return body === null || Buffer.isBuffer(body) || body.replayable;
+}
+
+/** Whether one more retry is allowed: under the per-request cap, with budget left (taken if so). */
+function mayRetry(up: Upstream, retries: number, now: number): boolean {
+  if (retries >= up.cfg.retries.maxRetries) return false;
+  if (up.budget.tryRetry(now)) return true;
+  up.retriesDenied++;
+  return false;
 }
 
 function hasBody(req: TrustedRequest): boolean {
@@ -125,15 +155,21 @@ export class ProxyEngine {
   /** Proxies one HTTP request; never throws (every failure is an answer). */
   async handle(req: TrustedRequest, route: CompiledRoute): Promise<ProxiedResponse> {
     const up = this.upstreams.get(route.upstream)!;
+    // An HTTP/2 request ends with its stream, an HTTP/1 request with its connection.
+    const conn = ((req.raw as { stream?: Watched }).stream ?? req.raw.socket) as Watched;
+    const cancel: Cancel = { cancelled: false, abort: null };
+    watch(conn, cancel);
     try {
-      return await this.#attempts(req, route, up);
+      return await this.#attempts(req, route, up, cancel);
     } catch (e) {
       this.#hooks.log('error', 'proxy failed unexpectedly', { upstream: up.name, path: req.path, error: (e as Error)?.message ?? String(e) });
       return failure('BEXT_ERR_PROXY_BAD_GATEWAY', `proxying to upstream "${up.name}" failed`, up.name, 'internal');
+    } finally {
+      if (conn[kCancel] === cancel) conn[kCancel] = null;
     }
   }
 
-  async #attempts(req: TrustedRequest, route: CompiledRoute, up: Upstream): Promise<ProxiedResponse> {
+  async #attempts(req: TrustedRequest, route: CompiledRoute, up: Upstream, cancel: Cancel): Promise<ProxiedResponse> {
     const cfg = up.cfg;
     up.budget.request(Date.now());
     const path = route.rewritePath(req.path);
@@ -145,35 +181,11 @@ export class ProxyEngine {
       // Another plugin already read the body: take the shared copy.
       body = req.raw.readableDidRead ? await req.readBody() : new ReplayBody(req.raw, cfg.retries.bufferBytes);
     }
-    const cancel: Cancel = { cancelled: false, abort: null };
-    // An HTTP/2 request ends with its stream, an HTTP/1 request with its connection.
-    const conn: NodeJS.EventEmitter = (req.raw as { stream?: NodeJS.EventEmitter }).stream ?? req.raw.socket;
-    const gone = () => {
-      cancel.cancelled = true;
-      cancel.abort?.();
-    };
-    conn.once('close', gone);
-    try {
-      return await this.#loop(req, route, up, target, headers, clientHost, body, cancel);
-    } finally {
-      conn.off('close', gone);
-    }
-  }
-
-  async #loop(req: TrustedRequest, route: CompiledRoute, up: Upstream, target: string, headers: Record<string, string | string[]>, clientHost: string, body: AttemptBody, cancel: Cancel): Promise<ProxiedResponse> {
-    const cfg = up.cfg;
     const idempotent = up.retryMethods.has(req.method);
     const key = cfg.strategy === 'ip-hash' ? this.#hashKey(req, up) : '';
     const te = cfg.protocol === 'h2c' && /\btrailers\b/.test(String(req.headers.te ?? ''));
     let tried: Member[] | null = null;
     let retries = 0;
-    const replayable = () => body === null || Buffer.isBuffer(body) || body.replayable;
-    const mayRetry = (now: number) => {
-      if (retries >= cfg.retries.maxRetries) return false;
-      if (up.budget.tryRetry(now)) return true;
-      up.retriesDenied++;
-      return false;
-    };
     for (;;) {
       if (cancel.cancelled) return failure('BEXT_ERR_PROXY_BAD_GATEWAY', `the client left before upstream "${up.name}" answered`, up.name, 'client');
       let now = Date.now();
@@ -201,10 +213,11 @@ export class ProxyEngine {
         if (bad) {
           const wait = res.status === 503 ? retryAfterMs(res.headers['retry-after'], now) : null;
           if (wait !== null) m.notBefore = now + wait;
-          if (up.retryStatus.has(res.status) && idempotent && replayable()) {
-            const elsewhere = up.members.some((x) => x !== m && !tried?.includes(x) && up.available(x, now));
+          if (up.retryStatus.has(res.status) && idempotent && replayable(body)) {
+            let elsewhere = false;
+            for (const x of up.members) if (x !== m && !tried?.includes(x) && up.available(x, now)) elsewhere = true;
             const canWait = wait === null || elsewhere || wait <= cfg.retries.maxRetryAfterMs;
-            if (canWait && mayRetry(now)) {
+            if (canWait && mayRetry(up, retries, now)) {
               res.discard();
               this.#release(m, up);
               up.retries++;
@@ -225,7 +238,7 @@ export class ProxyEngine {
       }
       up.report(m, kind, adm.probe, now);
       const neverSent = kind === 'connect' && (body === null || Buffer.isBuffer(body) || body.replayable || !body.started);
-      if ((neverSent || (idempotent && replayable())) && mayRetry(now)) {
+      if ((neverSent || (idempotent && replayable(body))) && mayRetry(up, retries, now)) {
         up.retries++;
         retries++;
         (tried ??= []).push(m);
@@ -237,7 +250,8 @@ export class ProxyEngine {
   }
 
   #respond(res: Sent, m: Member, up: Upstream, route: CompiledRoute, httpVersion: string): ProxiedResponse {
-    const headers = clientResponseHeaders(res.headers, this.#via, httpVersion);
+    const headers = res.headers;
+    if (this.#via !== false) addVia(headers, this.#via, httpVersion);
     if (route.responseRemove) for (const k of route.responseRemove) delete headers[k];
     if (route.responseSet) for (const [k, v] of route.responseSet) headers[k] = v;
     const body = res.body();

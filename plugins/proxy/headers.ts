@@ -17,7 +17,7 @@ const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 
 /** Names listed in a `Connection` header, which are hop-by-hop too. */
 export function connectionTokens(v: string | string[] | undefined): Set<string> | null {
-  if (v === undefined) return null;
+  if (v === undefined || v === 'keep-alive' || v === 'close') return null;
   let out: Set<string> | null = null;
   for (const part of (typeof v === 'string' ? v : v.join(',')).split(',')) {
     const t = part.trim().toLowerCase();
@@ -39,8 +39,14 @@ function forwardedNode(addr: string): string {
   return addr.includes(':') ? `"[${addr}]"` : addr || 'unknown';
 }
 
+let lastValue = '';
+let lastQuoted = '';
 function forwardedValue(v: string): string {
-  return TOKEN.test(v) ? v : `"${v.replace(/["\\]/g, '\\$&')}"`;
+  // Nearly every request of a site names the same host: remember the last answer.
+  if (v === lastValue) return lastQuoted;
+  lastValue = v;
+  lastQuoted = TOKEN.test(v) ? v : `"${v.replace(/["\\]/g, '\\$&')}"`;
+  return lastQuoted;
 }
 
 export interface ForwardInfo {
@@ -86,8 +92,8 @@ export function upstreamRequestHeaders(src: Headers, f: ForwardInfo): Record<str
   return out;
 }
 
-/** The upstream's response headers as the client gets them: hop-by-hop gone, Via added. */
-export function clientResponseHeaders(src: Record<string, string | string[] | undefined>, via: string | false, viaVersion: string): Headers {
+/** The upstream's response headers as the client gets them: without hop-by-hop headers. */
+export function clientResponseHeaders(src: Record<string, string | string[] | undefined>): Headers {
   const extra = connectionTokens(src.connection);
   const out: Headers = {};
   for (const k in src) {
@@ -96,11 +102,39 @@ export function clientResponseHeaders(src: Record<string, string | string[] | un
     if (extra !== null && extra.has(k)) continue;
     out[k] = v;
   }
-  if (via !== false) {
-    const prev = joined(out.via);
-    out.via = prev ? `${prev}, ${viaVersion} ${via}` : `${viaVersion} ${via}`;
+  return out;
+}
+
+/**
+ * The same from undici's raw header list (name, value, name, value…), in
+ * one pass: lower-cased names, repeated ones as arrays.
+ */
+export function clientResponseHeadersRaw(raw: Buffer[]): Headers {
+  let extra: Set<string> | null = null;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const k = raw[i]!;
+    if (k.length === 10 && k.toString('latin1').toLowerCase() === 'connection') {
+      const v = raw[i + 1]!.toString('latin1');
+      if (v !== 'keep-alive' && v !== 'close') extra = connectionTokens(v);
+    }
+  }
+  const out: Headers = {};
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const k = raw[i]!.toString('latin1').toLowerCase();
+    if (HOP_BY_HOP.has(k) || (extra !== null && extra.has(k))) continue;
+    const v = raw[i + 1]!.toString('latin1');
+    const prev = out[k];
+    if (prev === undefined) out[k] = v;
+    else if (typeof prev === 'string') out[k] = [prev, v];
+    else prev.push(v);
   }
   return out;
+}
+
+/** Appends this proxy to the Via header. */
+export function addVia(h: Headers, via: string, version: string): void {
+  const prev = joined(h.via);
+  h.via = prev ? `${prev}, ${version} ${via}` : `${version} ${via}`;
 }
 
 /** Milliseconds a `Retry-After` (seconds or an HTTP date) asks for; null when absent or malformed. */

@@ -7,13 +7,16 @@
 import http2, { type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
 import { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
+import type { Headers } from '../../plugin-api/index.js';
 import type { ReplayBody } from './body.js';
+import { clientResponseHeaders, clientResponseHeadersRaw } from './headers.js';
 import type { Member } from './upstream.js';
 
 /** A response head with its streaming body. */
 export interface Sent {
   status: number;
-  headers: Record<string, string | string[] | undefined>;
+  /** Without hop-by-hop headers. */
+  headers: Headers;
   /** Takes the body (once): all of it when it has already arrived, else a stream of it. */
   body(): Buffer | Readable;
   /** Drops an unwanted response (one about to be retried). */
@@ -57,13 +60,13 @@ function coded(message: string, code: string): Error {
 }
 
 /** The body as an attempt sends it, remembering a failure of the client's side. */
-function watched(body: ReplayBody, onError: (e: Error) => void): AsyncIterable<Buffer> {
+function watched(body: ReplayBody, into: { clientError: Error | null }): AsyncIterable<Buffer> {
   return {
     [Symbol.asyncIterator]: () => {
       const it = body.iterate()[Symbol.asyncIterator]();
       return {
         next: () => it.next().catch((e: Error) => {
-          onError(e);
+          into.clientError = e;
           throw e;
         }),
         return: () => it.return!(),
@@ -82,40 +85,45 @@ function fromClient(e: Error): Error {
  * and because undici parses a whole socket read before that resolution is
  * seen, a small response is usually complete by then — it is handed over as
  * one Buffer (one write, no stream). Anything still arriving is streamed,
- * with undici paused whenever the client side cannot keep up.
+ * with undici paused whenever the client side cannot keep up. The exchange
+ * is itself the attempt's result, so a request allocates no more than it must.
  */
-class Exchange implements Dispatcher.DispatchHandlers {
+class Exchange implements Dispatcher.DispatchHandlers, Sent {
   status = 0;
-  head: Buffer[] = [];
+  headers: Headers = {};
   chunks: Buffer[] | null = [];
   complete = false;
   error: Error | null = null;
   stream: Readable | null = null;
+  /** Set when reading the client's body failed, so the failure is not blamed on the member. */
+  clientError: Error | null = null;
   #abort: ((e?: Error) => void) | null = null;
   #resume: (() => void) | null = null;
-  #settle: { resolve: (x: Exchange) => void; reject: (e: Error) => void } | null;
+  #resolve: ((x: Exchange) => void) | null;
+  #reject: (e: Error) => void;
   #cancel: Cancel;
 
-  constructor(settle: { resolve: (x: Exchange) => void; reject: (e: Error) => void }, cancel: Cancel) {
-    this.#settle = settle;
+  constructor(resolve: (x: Exchange) => void, reject: (e: Error) => void, cancel: Cancel) {
+    this.#resolve = resolve;
+    this.#reject = reject;
     this.#cancel = cancel;
   }
 
   onConnect(abort: (e?: Error) => void): void {
     this.#abort = abort;
     if (this.#cancel.cancelled) abort();
-    else this.#cancel.abort = () => abort();
+    else this.#cancel.abort = abort;
   }
 
   onHeaders(status: number, head: Buffer[], resume: () => void): boolean {
     if (status < 200) return true;
     this.#cancel.abort = null;
     this.status = status;
-    this.head = head;
+    this.headers = clientResponseHeadersRaw(head);
     this.#resume = resume;
-    const s = this.#settle!;
-    this.#settle = null;
-    s.resolve(this);
+    const resolve = this.#resolve!;
+    this.#resolve = null;
+    resolve(this);
     return true;
   }
 
@@ -132,33 +140,23 @@ class Exchange implements Dispatcher.DispatchHandlers {
 
   onError(e: Error): void {
     this.#cancel.abort = null;
-    if (this.#settle !== null) {
-      const s = this.#settle;
-      this.#settle = null;
-      s.reject(e);
+    if (this.#resolve !== null) {
+      this.#resolve = null;
+      // undici reports a failing body as its own error; what matters is which side failed.
+      this.#reject(this.clientError ? fromClient(this.clientError) : e);
       return;
     }
     this.error = e;
     if (this.stream !== null) this.stream.destroy(e);
   }
 
-  /** The body: every byte when it is all here, else a stream of what remains. */
   body(): Buffer | Readable {
     if (this.complete && this.error === null) {
       const c = this.chunks!;
       this.chunks = null;
       return c.length === 1 ? c[0]! : Buffer.concat(c);
     }
-    const resume = this.#resume!;
-    const abort = () => this.#abort?.();
-    const stream = new Readable({
-      read: () => resume(),
-      destroy: (err, cb) => {
-        // The client went away (or the transform failed): stop reading from the member.
-        if (!this.complete) abort();
-        cb(err);
-      },
-    });
+    const stream = new Readable({ read: () => this.#resume!(), destroy: (err, cb) => this.#destroyed(err, cb) });
     for (const c of this.chunks!) stream.push(c);
     this.chunks = null;
     this.stream = stream;
@@ -167,40 +165,25 @@ class Exchange implements Dispatcher.DispatchHandlers {
     return stream;
   }
 
-  /** Drops the response (a retried 5xx): undici closes the connection rather than read the rest. */
+  #destroyed(err: Error | null, cb: (e: Error | null) => void): void {
+    // The client went away (or a transform failed): stop reading from the member.
+    if (!this.complete) this.#abort?.();
+    cb(err);
+  }
+
   discard(): void {
     if (!this.complete) this.#abort?.();
     this.chunks = null;
   }
 }
 
-/** Response headers from undici's raw list, lower-cased, repeated names as arrays. */
-export function rawHeaders(raw: Buffer[]): Record<string, string | string[]> {
-  const out: Record<string, string | string[]> = {};
-  for (let i = 0; i + 1 < raw.length; i += 2) {
-    const k = raw[i]!.toString('latin1').toLowerCase();
-    const v = raw[i + 1]!.toString('latin1');
-    const prev = out[k];
-    if (prev === undefined) out[k] = v;
-    else if (typeof prev === 'string') out[k] = [prev, v];
-    else prev.push(v);
-  }
-  return out;
-}
-
 /** HTTP/1.1 through undici. */
 export function sendHttp1(m: Member, method: string, path: string, headers: Record<string, string | string[]>, body: AttemptBody, cancel: Cancel): Promise<Sent> {
-  let clientErr: Error | null = null;
-  const b = body === null || Buffer.isBuffer(body) ? body : watched(body, (e) => (clientErr = e));
   return new Promise<Exchange>((resolve, reject) => {
-    m.pool!.dispatch({ method: method as 'GET', path, headers, body: b as never }, new Exchange({ resolve, reject }, cancel));
-  }).then(
-    (x) => ({ status: x.status, headers: rawHeaders(x.head), body: () => x.body(), discard: () => x.discard() }),
-    (e: unknown) => {
-      // undici reports a failing body as its own error; what matters is which side failed.
-      throw clientErr ? fromClient(clientErr) : e;
-    },
-  );
+    const x = new Exchange(resolve, reject, cancel);
+    const b = body === null || Buffer.isBuffer(body) ? body : watched(body, x);
+    m.pool!.dispatch({ method: method as 'GET', path, headers, body: b as never }, x);
+  });
 }
 
 /** The member's h2c session, connecting when there is none (one connect at a time). */
@@ -258,10 +241,10 @@ export async function sendH2c(m: Member, method: string, path: string, authority
       reject(e);
     };
     const timer = setTimeout(() => fail(coded(`no response head from ${m.label} within ${t.headersMs} ms`, 'UND_ERR_HEADERS_TIMEOUT')), t.headersMs);
-    let clientErr: Error | null = null;
-    stream.once('error', (e: Error & { code?: string }) => fail(clientErr ? fromClient(clientErr) : e));
+    const seen: { clientError: Error | null } = { clientError: null };
+    stream.once('error', (e: Error & { code?: string }) => fail(seen.clientError ? fromClient(seen.clientError) : e));
     stream.once('close', () => {
-      if (clientErr) fail(fromClient(clientErr));
+      if (seen.clientError) fail(fromClient(seen.clientError));
       else if (stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM) fail(coded(`${m.label} refused the stream`, 'ERR_HTTP2_REFUSED_STREAM'));
       else fail(coded(`${m.label} closed the stream before answering`, 'ERR_HTTP2_STREAM_ERROR'));
     });
@@ -291,11 +274,11 @@ export async function sendH2c(m: Member, method: string, path: string, authority
           stream.once('close', () => res({}));
         });
       }
-      resolve({ status: Number(head[':status']), headers: head, body: () => stream, discard: () => stream.close(http2.constants.NGHTTP2_CANCEL), trailers });
+      resolve({ status: Number(head[':status']), headers: clientResponseHeaders(head), body: () => stream, discard: () => stream.close(http2.constants.NGHTTP2_CANCEL), trailers });
     });
     if (body !== null) {
       if (Buffer.isBuffer(body)) stream.end(body);
-      else void pump(watched(body, (e) => (clientErr = e)), stream);
+      else void pump(watched(body, seen), stream);
     }
   });
 }

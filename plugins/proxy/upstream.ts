@@ -204,6 +204,8 @@ export class RetryBudget {
   }
 }
 
+const anyMember = (): boolean => true;
+
 export type Admission = { ok: true; probe: boolean } | { ok: false; reason: 'circuit-open' | 'max-requests' | 'max-pending' };
 
 export class Upstream {
@@ -270,10 +272,14 @@ export class Upstream {
    * member is available, `allDown` decides between every member and none.
    */
   pick(key: string, tried: Member[] | null, now: number): Member | null {
-    let m = this.#balancer.pick((x) => (tried === null || !tried.includes(x)) && this.available(x, now), key);
-    if (m === null && tried !== null) m = this.#balancer.pick((x) => this.available(x, now), key);
+    // The predicates are built once per pool and read the pick's state from fields: no closure per request.
+    this.#tried = tried;
+    this.#now = now;
+    let m = this.#balancer.pick(this.#okUntried, key);
+    if (m === null && tried !== null) m = this.#balancer.pick(this.#okAvailable, key);
     if (m !== null) {
       if (this.allDown) this.allDown = false;
+      this.#tried = null;
       return m;
     }
     if (!this.allDown) {
@@ -281,8 +287,16 @@ export class Upstream {
       this.#onEvent({ event: 'all-down', upstream: this.name, policy: this.cfg.health.allDown });
     }
     if (this.cfg.health.allDown === '503') return null;
-    return this.#balancer.pick((x) => tried === null || !tried.includes(x), key) ?? this.#balancer.pick(() => true, key);
+    m = this.#balancer.pick(this.#untried, key) ?? this.#balancer.pick(anyMember, key);
+    this.#tried = null;
+    return m;
   }
+
+  #tried: Member[] | null = null;
+  #now = 0;
+  #okUntried = (x: Member): boolean => (this.#tried === null || !this.#tried.includes(x)) && this.available(x, this.#now);
+  #okAvailable = (x: Member): boolean => this.available(x, this.#now);
+  #untried = (x: Member): boolean => this.#tried === null || !this.#tried.includes(x);
 
   /** Circuit breaker and caps, checked before each attempt. */
   admit(m: Member, now: number): Admission {
