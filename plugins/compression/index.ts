@@ -9,9 +9,10 @@
  * encoded (compressible type, large enough), whether this client got an
  * encoded one or not, so a shared cache downstream keys it right.
  */
-import { Duplex } from 'node:stream';
+import { Duplex, Transform, type TransformCallback } from 'node:stream';
+import { promisify } from 'node:util';
 import zlib from 'node:zlib';
-import { CompressStream } from 'zstd-napi';
+import { CompressStream, compress as zstdCompress } from 'zstd-napi';
 import {
   acceptEncoding, compressibleType, definePlugin, varyWith, COMPRESSIBLE_TYPES,
   type ContentCoding, type EncodingPreference, type Headers, type ResponseDecision, type ResponseHead, type TrustedRequest,
@@ -99,6 +100,62 @@ export class CompressingStream extends Duplex {
   }
 }
 
+const gzipOnce = promisify(zlib.gzip);
+const brotliOnce = promisify(zlib.brotliCompress);
+
+/**
+ * For a body that was in memory before the response started: the kernel
+ * hands it over as one chunk, and one call of the library on it costs less
+ * than feeding the streaming API (no per-chunk bookkeeping, no internal
+ * copies), so it is compressed in one go when the input ends.
+ */
+export class WholeBodyCompressor extends Transform {
+  bytesIn = 0;
+  bytesOut = 0;
+  readonly #chunks: Buffer[] = [];
+  readonly #coding: ContentCoding;
+  readonly #level: number;
+  readonly #done: (s: WholeBodyCompressor) => void;
+
+  constructor(coding: ContentCoding, level: number, done: (s: WholeBodyCompressor) => void) {
+    super();
+    this.#coding = coding;
+    this.#level = level;
+    this.#done = done;
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.bytesIn += chunk.length;
+    this.#chunks.push(chunk);
+    cb();
+  }
+
+  override _flush(cb: TransformCallback): void {
+    const input = this.#chunks.length === 1 ? this.#chunks[0]! : Buffer.concat(this.#chunks);
+    this.#chunks.length = 0;
+    const level = this.#level;
+    const out: Promise<Buffer> = this.#coding === 'gzip'
+      ? gzipOnce(input, { level })
+      : this.#coding === 'br'
+        ? brotliOnce(input, { params: { [zlib.constants.BROTLI_PARAM_QUALITY]: level, [zlib.constants.BROTLI_PARAM_MODE]: zlib.constants.BROTLI_MODE_TEXT, [zlib.constants.BROTLI_PARAM_SIZE_HINT]: input.length } })
+        : new Promise((res, rej) => {
+            try {
+              res(zstdCompress(input, { compressionLevel: level }));
+            } catch (e) {
+              rej(e as Error);
+            }
+          });
+    out.then(
+      (b) => {
+        this.bytesOut = b.length;
+        this.#done(this);
+        cb(null, b);
+      },
+      (e: Error) => cb(e),
+    );
+  }
+}
+
 /** Counters kept in memory and handed to bext_metric once a second (a call per response would cost more than the rest of this hook). */
 class Counters {
   responses = new Map<string, number>();
@@ -161,19 +218,32 @@ export default definePlugin((host) => {
   const timer = setInterval(flush, 1000);
   timer.unref();
 
-  const onDone = (s: CompressingStream) => {
+  const onDone = (s: CompressingStream | WholeBodyCompressor) => {
     counters.bytesIn += s.bytesIn;
     counters.bytesOut += s.bytesOut;
   };
 
-  /** Length of the body when it is known before it streams. */
-  const knownLength = (h: Headers, body: string | undefined): number | undefined => {
-    const cl = h['content-length'];
+  /**
+   * The body's kind and length without decoding it. `ResponseHead.body` turns
+   * a byte body into a string on every read (milliseconds for a few MB), so
+   * the kernel's view object is read for its in-memory body when it exposes
+   * one; otherwise the text view is used.
+   */
+  const peek = (res: ResponseHead): { length: number | undefined; streamed: boolean; text: boolean } => {
+    const cl = res.headers['content-length'];
+    const raw = (res as { raw?: unknown }).raw;
+    let length: number | undefined;
     if (cl !== undefined) {
       const n = Number(Array.isArray(cl) ? cl[0] : cl);
-      if (Number.isFinite(n)) return n;
+      if (Number.isFinite(n)) length = n;
     }
-    return body === undefined ? undefined : Buffer.byteLength(body);
+    if ('raw' in res) {
+      if (typeof raw === 'string') return { length: length ?? Buffer.byteLength(raw), streamed: false, text: true };
+      if (raw instanceof Uint8Array) return { length: length ?? raw.byteLength, streamed: false, text: false };
+      return { length, streamed: raw !== undefined && raw !== null, text: false };
+    }
+    const body = res.body;
+    return { length: length ?? (body === undefined ? undefined : Buffer.byteLength(body)), streamed: body === undefined, text: typeof body === 'string' };
   };
 
   const skip = (reason: string): undefined => {
@@ -190,14 +260,13 @@ export default definePlugin((host) => {
       const coding = pref.codings[0];
       // Nothing to encode for this client, and Vary already right: the common cache-hit case, decided without touching the body.
       if ((coding === undefined || req.method === 'HEAD') && varyHasAE(h.vary)) return undefined;
-      // Read once: for a byte body the view decodes it on every access.
-      const body = res.body;
+      const body = peek(res);
       // String bodies without a type are written as text/plain by the kernel.
-      const type = h['content-type'] ?? (typeof body === 'string' ? 'text/plain' : undefined);
+      const type = h['content-type'] ?? (body.text ? 'text/plain' : undefined);
       if (!compressible(type)) return skip('type');
       const cc = h['cache-control'];
       if (cc !== undefined && /(?:^|,)\s*no-transform\s*(?:,|$)/i.test(Array.isArray(cc) ? cc.join(',') : cc)) return skip('no-transform');
-      const len = knownLength(h, body);
+      const len = body.length;
       if (len !== undefined && len < cfg.minBytes) return skip('small');
       const vary = varyWith(h.vary, 'Accept-Encoding');
       if (coding === undefined || req.method === 'HEAD') {
@@ -213,13 +282,17 @@ export default definePlugin((host) => {
       // The encoded bytes differ from the identity ones: a strong validator would claim byte equality.
       const etag = h.etag;
       if (typeof etag === 'string' && etag.startsWith('"')) setHeaders.etag = `W/${etag}`;
-      // A body in memory is one chunk; flushing only matters for bodies that arrive over time.
-      const streamed = body === undefined;
+      // A compressed body leaves in several writes; with Nagle on, each small write after the first
+      // waits for the peer's delayed ACK (tens of ms). The kernel's listeners do not disable it.
+      req.raw.socket.setNoDelay(true);
+      const streamed = body.streamed;
       const level = levels[coding];
       return {
         setHeaders,
         removeHeaders: ['content-length'],
-        transform: () => new CompressingStream(coding, level, streamed && cfg.flushEachChunk, len, onDone),
+        transform: streamed
+          ? () => new CompressingStream(coding, level, cfg.flushEachChunk, len, onDone)
+          : () => new WholeBodyCompressor(coding, level, onDone),
       };
     },
     dispose() {
