@@ -545,26 +545,27 @@ export class Kernel {
     if (req.responseHeaders) headers = { ...req.responseHeaders, ...headers };
     const chain = group.onResponse;
     if (!chain) return this.#write(req, group, out, res.status, headers, bodyOf(res), null, t0);
+    // The view and the transform list live on the request so the chain step needs no closure.
     const view = new ResponseView(res.status, { ...headers }, bodyOf(res));
-    const transforms: (() => Duplex)[] = [];
-    const step = (i: number): void => {
-      for (; i < chain.length; i++) {
-        const e = chain[i]!;
-        if (e.match !== null && !e.match(req.method, req.path, req.host)) continue;
-        const d = e.plugin.call('onResponse', e.fn, req, view);
-        if (isThenable(d)) {
-          const next = i + 1;
-          void Promise.resolve(d).then((v) => {
-            if (this.#responseVerdict(e, view, transforms, v)) step(next);
-            else this.#write(req, group, out, view.status, view.headers, view.raw, transforms, t0);
-          });
-          return;
-        }
-        if (!this.#responseVerdict(e, view, transforms, d)) break;
+    this.#responseStep(req, group, out, chain, view, [], t0, 0);
+  }
+
+  #responseStep(req: BextRequest, group: CompiledGroup, out: ServerResponse, chain: ChainEntry[], view: ResponseView, transforms: (() => Duplex)[], t0: number, i: number): void {
+    for (; i < chain.length; i++) {
+      const e = chain[i]!;
+      if (e.match !== null && !e.match(req.method, req.path, req.host)) continue;
+      const d = e.plugin.call('onResponse', e.fn, req, view);
+      if (isThenable(d)) {
+        const next = i + 1;
+        void Promise.resolve(d).then((v) => {
+          if (this.#responseVerdict(e, view, transforms, v)) this.#responseStep(req, group, out, chain, view, transforms, t0, next);
+          else this.#write(req, group, out, view.status, view.headers, view.raw, transforms, t0);
+        });
+        return;
       }
-      this.#write(req, group, out, view.status, view.headers, view.raw, transforms, t0);
-    };
-    step(0);
+      if (!this.#responseVerdict(e, view, transforms, d)) break;
+    }
+    this.#write(req, group, out, view.status, view.headers, view.raw, transforms, t0);
   }
 
   /** Applies an onResponse decision; false ends the chain (fail-closed error). */
@@ -625,8 +626,9 @@ export class Kernel {
         stream = Readable.from([typeof body === 'string' ? Buffer.from(body) : body]);
       } else if (body instanceof Readable) stream = body;
       else stream = Readable.from(body as AsyncIterable<Uint8Array>);
-      if (transforms?.length) out.removeHeader('content-length');
-      const stages: NodeJS.ReadWriteStream[] = (transforms ?? []).map((t) => t());
+      if (!transforms?.length) return this.#pipeBody(req, group, out, stream, status, t0);
+      out.removeHeader('content-length');
+      const stages: NodeJS.ReadWriteStream[] = transforms.map((t) => t());
       pipeline([stream, ...stages, out] as unknown as [Readable, ServerResponse], (err) => {
         if (err && !out.headersSent) {
           out.statusCode = 500;
@@ -642,6 +644,27 @@ export class Kernel {
       } else out.destroy();
       this.#done(req, group, 500, t0);
     }
+  }
+
+  /**
+   * A streamed body with no transforms: `pipe` and one close listener.
+   * `pipeline()` costs several watchers and an AbortController per open
+   * response, which adds up for long-lived streams such as SSE.
+   */
+  #pipeBody(req: BextRequest, group: CompiledGroup, out: ServerResponse, stream: Readable, status: number, t0: number): void {
+    stream.once('error', (err) => {
+      this.log.warn('response stream failed', { path: req.path, error: err.message });
+      if (!out.headersSent) {
+        out.statusCode = 500;
+        out.end();
+      } else out.destroy(err);
+    });
+    out.once('close', () => {
+      // A client that went away ends the source too (subscribers are freed).
+      if (!stream.destroyed) stream.destroy();
+      this.#done(req, group, status, t0);
+    });
+    stream.pipe(out);
   }
 
   #done(req: BextRequest, group: CompiledGroup, status: number, t0: number): void {

@@ -37,7 +37,7 @@ export default () => ({ async onRoute(req) {
     const rl = createInterface({ input: proc.stdout! });
     const url = await new Promise<string>((res) => rl.on('line', (l) => { const m = /on (http:\/\/[^ ]+)/.exec(l); if (m) res(m[1]!); }));
     const agent = new Agent({ connections: 20 });
-    const all = Array.from({ length: 200 }, () => request(`${url}/`, { dispatcher: agent }).then(async (r) => { await r.body.text(); return r.statusCode; }));
+    const all = Array.from({ length: 200 }, () => request(`${url}/health`, { dispatcher: agent }).then(async (r) => { await r.body.text(); return r.statusCode; }));
     const first = await Promise.race(all);
     expect(first).toBe(200);
     const exited = once(proc, 'exit');
