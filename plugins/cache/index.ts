@@ -559,7 +559,8 @@ export default definePlugin(async (host) => {
     if (st === 'swr') {
       stats.stale++;
       const r = respond(e, c, req, `${name}; hit${ttlParam(e, t)}; detail=stale-while-revalidate`, true);
-      revalidateInBackground(c, req, next, e);
+      // A HEAD render has no body to store; the next GET revalidates.
+      if (req.method === 'GET') revalidateInBackground(c, req, next, e);
       return r;
     }
     if (st === 'gone') l1.delete(e.key);
@@ -846,7 +847,12 @@ export default definePlugin(async (host) => {
       return bypass(req, next, 'head-miss');
     }
     const collapseKey = fullKey(c, req, varyIndex.get(c.primary));
-    const alone = c.hasAuth || (passUntil.get(collapseKey) ?? 0) > performance.now();
+    const pass = (passUntil.get(collapseKey) ?? 0) > performance.now();
+    if (pass) {
+      // Lately uncacheable: render at once, no lookup, no lock (the answer is still stored if it became cacheable).
+      return answerFill(await renderAndStore(c, req, next, collapseKey, stale), c, req, next, true)!;
+    }
+    const alone = c.hasAuth;
     const inflight = alone ? undefined : fills.get(collapseKey);
     if (inflight) {
       const r = await raceTimeout(inflight, cfg.collapseTimeoutMs);
