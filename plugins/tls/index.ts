@@ -67,6 +67,10 @@ export default definePlugin(async (host) => {
   let manager: Manager | null = null;
   const policy = cfg.onDemand ? new OnDemandPolicy(cfg.onDemand, log) : null;
 
+  // Resolves once the kernel serves HTTP: ACME orders wait for it, since HTTP-01 is answered there.
+  let markReady!: () => void;
+  const kernelReady = new Promise<void>((r) => (markReady = r));
+
   // ---------------------------------------------------------------- health
   const problems = new Map<string, string>();
   const health = () => {
@@ -146,7 +150,7 @@ export default definePlugin(async (host) => {
         onRevoked: (leaf) => {
           const serial = certInfo(`-----BEGIN CERTIFICATE-----\n${leaf.toString('base64')}\n-----END CERTIFICATE-----`).serial;
           log('error', 'OCSP reports a served certificate revoked; replacing it', { serial });
-          manager?.replaceRevoked(serial);
+          void kernelReady.then(() => manager?.replaceRevoked(serial));
         },
       })
     : null;
@@ -220,6 +224,7 @@ export default definePlugin(async (host) => {
     return n;
   };
   const obtainOnDemand = async (name: string): Promise<CertEntry | null> => {
+    if (onDemandIssuer!.kind === 'acme') await kernelReady;
     const v = await policy!.approve(name);
     if (!v.ok) {
       metric('on_demand_total', 1, { result: v.reason });
@@ -373,8 +378,8 @@ export default definePlugin(async (host) => {
     timers.push(t);
   }
 
-  // ACME orders need the kernel's HTTP listener up to answer HTTP-01.
-  void listeners.whenReady().then(async () => {
+  void listeners.whenReady().then(markReady);
+  void kernelReady.then(async () => {
     if (stopped) return;
     await Promise.all(acmeManaged.map((m) => manager!.ensure(m)));
     health();

@@ -336,7 +336,8 @@ export class Manager {
       // Other instances may have renewed it already.
       if (!this.#o.storage.shared) await this.#reload(m.id);
       if (m.info && m.issuer.renewalWindow && this.#o.renewal.ari && now >= m.nextAriCheck) await this.#checkAri(m);
-      const due = m.failures ? now >= m.retryAt : now >= m.renewAt || this.#expired(m);
+      const t = Date.now();
+      const due = m.failures ? t >= m.retryAt : t >= m.renewAt || this.#expired(m);
       if (!due) continue;
       if (m.onDemand && this.#o.stillApproved && !(await this.#o.stillApproved(m.id).catch(() => true))) {
         this.#o.log('info', 'on-demand name no longer approved; its certificate will not be renewed', { id: m.id });

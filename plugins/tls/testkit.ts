@@ -30,7 +30,7 @@ export async function freePort(): Promise<number> {
 export interface Handshake {
   cert: tls.PeerCertificate;
   protocol: string | null;
-  alpn: string | false;
+  alpn: string | false | null;
   authorized: boolean;
   authorizationError: string | null;
   reused: boolean;
@@ -39,7 +39,7 @@ export interface Handshake {
 }
 
 /** One TLS handshake to 127.0.0.1:port; resolves with what the server presented. */
-export function handshake(port: number, opts: tls.ConnectionOptions = {}): Promise<Handshake> {
+export function handshake(port: number, opts: tls.ConnectionOptions & { requestOCSP?: boolean } = {}): Promise<Handshake> {
   return new Promise((resolve, reject) => {
     let ocsp: Buffer | null = null;
     let session: Buffer | null = null;

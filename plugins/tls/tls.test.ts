@@ -227,7 +227,7 @@ describe('protocols on one port', () => {
     expect(sse.body).toBe('data: 0\n\ndata: 1\n\ndata: 2\n\n');
     const s1 = await get1(port, '/stream', { servername: 'h.test', ca: caPem });
     expect(s1.body.length).toBe(3000);
-    const ws = new WebSocket(`wss://127.0.0.1:${port}/ws`, { servername: 'h.test', ca: caPem, headers: { host: 'h.test' } });
+    const ws = new WebSocket(`wss://127.0.0.1:${port}/ws`, { servername: 'h.test', ca: caPem, headers: { host: 'h.test' } } as WebSocket.ClientOptions);
     const msg = await new Promise<string>((resolve, reject) => {
       ws.once('open', () => ws.send('hi'));
       ws.once('message', (m) => resolve(String(m)));
