@@ -19,7 +19,7 @@ const SOURCE_EXT = new Set(['.tsx', '.jsx', '.ts', '.js', '.mts', '.mjs']);
 const SKIP_DIRS = new Set(['node_modules', '.bext', 'public', '.git']);
 const KEEP_BUILDS = 3;
 /** Files of this plugin that end up in every bundle. */
-const RUNTIME_FILES = ['worker.ts', 'runtime.ts', 'protocol.ts'];
+const RUNTIME_FILES = ['worker.ts', 'common.ts', 'runtime.ts', 'protocol.ts'];
 
 /** Hash of the render runtime: a build made by another version of it is rebuilt at start. */
 export function runtimeHash(): string {
@@ -129,20 +129,17 @@ function aliasTarget(pkg: string): string {
   return dirname(require.resolve(`${pkg}/package.json`));
 }
 
-/**
- * Builds a site: scans `pages/**` (routes, `layout.*` per folder, `404.*`)
- * and `islands/*`, generates the worker entry and bundles it with esbuild.
- *
- * @example
- * ```ts
- * const r = await buildSite('examples/site');
- * console.log(r.buildId, r.manifest.routes.map((x) => x.pattern));
- * ```
- */
-export async function buildSite(siteDir: string, outDir?: string): Promise<BuildResult> {
-  const t0 = performance.now();
+/** What a site folder holds: its routes (in match order), layouts, 404 page and islands. */
+export interface SiteScan {
+  site: string;
+  pages: { file: string; entry: RouteEntry; layouts: string[] }[];
+  notFound: { file: string; layouts: string[] } | null;
+  islands: { name: string; file: string }[];
+}
+
+/** Reads a site's pages/ and islands/ folders; throws BEXT_ERR_SSR_BUILD on a conflict or a bad name. */
+export async function scanSite(siteDir: string): Promise<SiteScan> {
   const site = resolve(siteDir);
-  const out = resolve(outDir ?? defaultOutDir(site));
   const pagesDir = join(site, 'pages');
   if (!isSite(site)) throw new BextError('BEXT_ERR_SSR_BUILD', `${site} has no pages/ folder`, { hint: 'put one page in pages/index.tsx' });
   const files = (await walk(pagesDir)).filter(isSource).sort();
@@ -164,7 +161,7 @@ export async function buildSite(siteDir: string, outDir?: string): Promise<Build
       continue;
     }
     const segments = routeOf(noExt);
-    const shape = segments.map((s) => (s.startsWith(':') ? ':' : s.startsWith('*') ? '*' : s)).join('/');
+    const shape = segments.map((x) => (x.startsWith(':') ? ':' : x.startsWith('*') ? '*' : x)).join('/');
     const prev = seen.get(shape);
     if (prev) throw new BextError('BEXT_ERR_SSR_BUILD', `pages/${rel} and ${prev} answer the same paths (${patternOf(segments)})`, { hint: 'remove or rename one of them' });
     seen.set(shape, `pages/${rel}`);
@@ -182,16 +179,21 @@ export async function buildSite(siteDir: string, outDir?: string): Promise<Build
     return chain.map((d) => layouts.get(d)).filter((x): x is string => x !== undefined);
   };
   const islandsDir = join(site, 'islands');
-  const islands = (await walk(islandsDir)).filter((f) => isSource(f) && dirname(f) === islandsDir).sort();
-  const islandNames = islands.map((f) => basename(f, extname(f)));
-  for (const n of islandNames) {
-    if (!/^[A-Za-z0-9][A-Za-z0-9_-]*$/.test(n)) throw new BextError('BEXT_ERR_SSR_BUILD', `islands/${n}: island names are letters, digits, - and _`);
+  const islands = (await walk(islandsDir)).filter((f) => isSource(f) && dirname(f) === islandsDir).sort().map((file) => ({ name: basename(file, extname(file)), file }));
+  for (const { name } of islands) {
+    if (!/^[A-Za-z0-9][A-Za-z0-9_-]*$/.test(name)) throw new BextError('BEXT_ERR_SSR_BUILD', `islands/${name}: island names are letters, digits, - and _`);
   }
+  return {
+    site,
+    pages: pages.map((p) => ({ ...p, layouts: layoutsFor(p.file) })),
+    notFound: notFound ? { file: notFound, layouts: layoutsFor(notFound) } : null,
+    islands,
+  };
+}
 
-  const buildId = `${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
-  const dir = join(out, 'builds', buildId);
-  mkdirSync(dir, { recursive: true });
-  const imports: string[] = [`import { startWorker } from ${JSON.stringify(join(here, 'worker.ts'))};`];
+/** The generated entry module: imports every page, layout and island, and hands them to `start` from `runtime`. */
+export function entrySource(scan: SiteScan, buildId: string, runtime: string, start: string, extra = ''): string {
+  const imports: string[] = [`import { ${start} } from ${JSON.stringify(runtime)};`];
   const modVar = new Map<string, string>();
   const mod = (f: string) => {
     let v = modVar.get(f);
@@ -202,14 +204,44 @@ export async function buildSite(siteDir: string, outDir?: string): Promise<Build
     }
     return v;
   };
-  const routeCode = pages.map((p) => `{ pattern: ${JSON.stringify(p.entry.pattern)}, page: ${mod(p.file)}, layouts: [${layoutsFor(p.file).map(mod).join(', ')}] }`);
-  const nf = notFound ? `{ page: ${mod(notFound)}, layouts: [${layoutsFor(notFound).map(mod).join(', ')}] }` : 'null';
-  const islandCode = islands.map((f, i) => `${JSON.stringify(islandNames[i])}: ${mod(f)}`);
-  const entry = `${imports.join('\n')}
-const site = { buildId: ${JSON.stringify(buildId)}, routes: [${routeCode.join(',\n  ')}], notFound: ${nf}, islands: { ${islandCode.join(', ')} } };
-startWorker(site);
-export default site;
-`;
+  const routes = scan.pages.map((p) => `{ pattern: ${JSON.stringify(p.entry.pattern)}, page: ${mod(p.file)}, layouts: [${p.layouts.map(mod).join(', ')}] }`);
+  const nf = scan.notFound ? `{ page: ${mod(scan.notFound.file)}, layouts: [${scan.notFound.layouts.map(mod).join(', ')}] }` : 'null';
+  const islands = scan.islands.map((i) => `${JSON.stringify(i.name)}: ${mod(i.file)}`);
+  return `${imports.join('\n')}
+const site = { buildId: ${JSON.stringify(buildId)}, routes: [${routes.join(',\n  ')}], notFound: ${nf}, islands: { ${islands.join(', ')} } };
+${extra}`;
+}
+
+/** Aliases every bundle of a site needs: one React, and `bext/ssr`. */
+export function siteAliases(extra: Record<string, string> = {}): Record<string, string> {
+  return { react: aliasTarget('react'), 'react-dom': aliasTarget('react-dom'), 'bext/ssr': join(here, 'runtime.ts'), ...extra };
+}
+
+export function nodeModulesDir(): string {
+  return dirname(aliasTarget('react'));
+}
+
+/**
+ * Builds a site: scans `pages/**` (routes, `layout.*` per folder, `404.*`)
+ * and `islands/*`, generates the worker entry and bundles it with esbuild.
+ *
+ * @example
+ * ```ts
+ * const r = await buildSite('examples/site');
+ * console.log(r.buildId, r.manifest.routes.map((x) => x.pattern));
+ * ```
+ */
+export async function buildSite(siteDir: string, outDir?: string): Promise<BuildResult> {
+  const t0 = performance.now();
+  const site = resolve(siteDir);
+  const out = resolve(outDir ?? defaultOutDir(site));
+  const scan = await scanSite(site);
+  // Read before bundling: a source saved during the build makes the build stale, not current.
+  const mtime = await sourcesMtime(site);
+  const buildId = `${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
+  const dir = join(out, 'builds', buildId);
+  mkdirSync(dir, { recursive: true });
+  const entry = entrySource(scan, buildId, join(here, 'worker.ts'), 'startWorker', 'startWorker(site);\nexport default site;\n');
   const entryFile = join(dir, 'entry.tsx');
   writeFileSync(entryFile, entry);
   const bundle = join(dir, 'server.cjs');
@@ -228,8 +260,8 @@ export default site;
       logLevel: 'silent',
       define: { 'process.env.NODE_ENV': '"production"' },
       // One React for pages, the runtime and the renderer, whatever the site has installed.
-      alias: { react: aliasTarget('react'), 'react-dom': aliasTarget('react-dom'), 'bext/ssr': join(here, 'runtime.ts') },
-      nodePaths: [dirname(aliasTarget('react'))],
+      alias: siteAliases(),
+      nodePaths: [nodeModulesDir()],
       absWorkingDir: site,
     });
   } catch (e) {
@@ -244,10 +276,10 @@ export default site;
     builtAt: Date.now(),
     site,
     bundle: relative(out, bundle).split(sep).join('/'),
-    routes: pages.map((p) => p.entry),
-    islands: islandNames,
-    hasNotFound: notFound !== null,
-    sourcesMtime: await sourcesMtime(site),
+    routes: scan.pages.map((p) => p.entry),
+    islands: scan.islands.map((i) => i.name),
+    hasNotFound: scan.notFound !== null,
+    sourcesMtime: mtime,
     runtime: runtimeHash(),
   };
   writeFileSync(join(dir, 'manifest.json'), JSON.stringify(manifest, null, 2));

@@ -94,14 +94,22 @@ export const ISLAND_PROPS_MAX = 2048;
 /** Encodes island props for `/__bext/island/<name>?p=…` (base64url of JSON). */
 export function encodeIslandProps(props: unknown): string {
   const json = JSON.stringify(props ?? {});
-  const b64 = typeof Buffer !== 'undefined' ? Buffer.from(json, 'utf8').toString('base64url') : base64url(json);
-  return b64;
+  if (typeof Buffer !== 'undefined') return Buffer.from(json, 'utf8').toString('base64url');
+  return base64url(unescape(encodeURIComponent(json)));
 }
 
-function base64url(s: string): string {
-  // Sandboxes have no Buffer: UTF-8 by hand, then btoa.
-  const bytes = unescape(encodeURIComponent(s));
-  return btoa(bytes).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+const B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+
+/** Binary string → base64url, for sandboxes (which have neither Buffer nor btoa). */
+function base64url(bin: string): string {
+  let out = '';
+  for (let i = 0; i < bin.length; i += 3) {
+    const n = (bin.charCodeAt(i) << 16) | ((bin.charCodeAt(i + 1) || 0) << 8) | (bin.charCodeAt(i + 2) || 0);
+    out += B64[(n >> 18) & 63]! + B64[(n >> 12) & 63]!;
+    if (i + 1 < bin.length) out += B64[(n >> 6) & 63]!;
+    if (i + 2 < bin.length) out += B64[n & 63]!;
+  }
+  return out;
 }
 
 export interface IslandProps {
