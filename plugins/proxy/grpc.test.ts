@@ -7,6 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import type { HostApi, ResponseData, TrustedRequest } from '../../plugin-api/index.js';
 import { validatePluginConfig } from '../../kernel/config.js';
+import { until } from '../../test/helpers.js';
 import factory from './index.js';
 
 const manifest = JSON.parse(readFileSync(resolve(import.meta.dirname, 'bext-plugin.json'), 'utf8')) as { configSchema: Record<string, unknown> };
@@ -72,7 +73,7 @@ async function grpcServer(name: string): Promise<{ url: string; calls: string[] 
 }
 
 /** The proxy plugin, loaded without a kernel, behind an h2c front. */
-async function h2Front(config: Record<string, unknown>): Promise<{ address: string; events: unknown[] }> {
+async function h2Front(config: Record<string, unknown>): Promise<{ address: string; events: unknown[]; state(): Promise<any> }> {
   const events: unknown[] = [];
   const host: HostApi = {
     plugin: 'proxy',
@@ -123,7 +124,8 @@ async function h2Front(config: Record<string, unknown>): Promise<{ address: stri
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
-  return { address: `127.0.0.1:${(server.address() as { port: number }).port}`, events };
+  const state = async () => JSON.parse(((await inst.onRoute!({ route: '/__bext/proxy' } as TrustedRequest)) as ResponseData).body as string).upstreams;
+  return { address: `127.0.0.1:${(server.address() as { port: number }).port}`, events, state };
 }
 
 type EchoClient = grpc.Client & { [K in 'Say' | 'Count' | 'Sum' | 'Chat']: (...a: any[]) => any };
@@ -201,5 +203,24 @@ describe('gRPC over h2c', () => {
     expect(one.calls.length + two.calls.length).toBe(12);
     expect(one.calls.length).toBeGreaterThan(2);
     expect(two.calls.length).toBeGreaterThan(2);
+  });
+
+  it('checks h2c members actively over HTTP/2 and takes a dead one out', async () => {
+    const one = await grpcServer('one');
+    const front = await h2Front({
+      upstreams: { rpc: { members: ['http://127.0.0.1:9', one.url], protocol: 'h2c', health: { active: { path: '/health', intervalMs: 20, rise: 1, fall: 1 } } } },
+      routes: [{ upstream: 'rpc', paths: ['/bext.test.Echo/*'] }],
+    });
+    await until(() => front.events.some((e) => (e as { event: string }).event === 'member-down'), 5000, 'the dead member to go down');
+    // Several more rounds of checks: the live member stays up.
+    await until(async () => (await front.state()).rpc.members[1].checks.passed >= 5, 5000, 'five checks of the live member');
+    expect((await front.state()).rpc.members.map((m: { healthy: boolean }) => m.healthy)).toEqual([false, true]);
+    expect(front.events).toEqual([expect.objectContaining({ event: 'member-down', upstream: 'rpc', member: '127.0.0.1:9' })]);
+    const c = client(front.address);
+    for (let i = 0; i < 3; i++) {
+      const m = await new Promise<Msg>((res, rej) => c.Say({ text: 'x', n: i }, (e: Error | null, r: Msg) => (e ? rej(e) : res(r))));
+      expect(m.n).toBe(i + 1);
+    }
+    expect(one.calls).toHaveLength(3);
   });
 });

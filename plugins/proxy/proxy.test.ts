@@ -2,7 +2,10 @@ import http from 'node:http';
 import { Readable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { request } from 'undici';
+import { readFileSync } from 'node:fs';
+import { validatePluginConfig } from '../../kernel/config.js';
 import { startBext } from '../../sdk/harness.js';
+import { compileConfig, type ProxyConfig } from './config.js';
 import { plugin, until } from '../../test/helpers.js';
 import { startUpstream } from './fixtures/upstream.mjs';
 import { PROXY_DIR, startProxy, type ProxyUnderTest } from './fixtures/setup.js';
@@ -276,6 +279,19 @@ export default () => ({
     const text = await p.bx.kernel.metrics.text();
     expect(text).toMatch(/bext_plugin_proxy_member_available\{member="127\.0\.0\.1:\d+",upstream="app"\} 1/);
     expect(text).toMatch(/bext_plugin_proxy_breaker_state\{upstream="app"\} 0/);
+  });
+
+  it('refuses configs it cannot serve, naming the JSON path and the fix', () => {
+    const manifest = JSON.parse(readFileSync(`${PROXY_DIR}/bext-plugin.json`, 'utf8')) as { configSchema: Record<string, unknown> };
+    const check = (section: Record<string, unknown>) => () => compileConfig(validatePluginConfig('proxy', manifest.configSchema, section, 'bext.config.json') as unknown as ProxyConfig);
+    const one = (up: Record<string, unknown>, route: Record<string, unknown> = {}) => check({ upstreams: { app: { members: ['http://127.0.0.1:1'], ...up } }, routes: [{ upstream: 'app', ...route }] });
+    expect(one({ members: ['http://127.0.0.1:1/base'] })).toThrow(expect.objectContaining({ message: expect.stringMatching(/members\[0\]: expected an origin/), hint: expect.stringMatching(/stripPrefix/) }));
+    expect(one({ members: ['http://127.0.0.1:1', { url: 'http://127.0.0.1:1', weight: 2 }] })).toThrow(/listed twice/);
+    expect(one({}, { rewrite: { from: '([', to: '' } })).toThrow(/routes\[0\]\.rewrite\.from: expected a regular expression/);
+    expect(one({ timeouts: { headersMs: 300_000 } })).toThrow(/hook deadline/);
+    expect(one({ strategy: 'fastest' })).toThrow(/strategy: expected one of/);
+    expect(one({ members: ['https://x.test'] })).toThrow(/members/);
+    expect(one({})).not.toThrow();
   });
 
   it('refuses a route that names an unknown upstream, naming the path', async () => {

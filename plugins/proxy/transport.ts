@@ -283,6 +283,31 @@ export async function sendH2c(m: Member, method: string, path: string, authority
   });
 }
 
+/**
+ * An active health check over h2c: `GET path` on the member's session;
+ * resolves to the status. It is labelled as gRPC, since a gRPC server
+ * refuses anything else with 415 (and answers 200 to any path it is asked).
+ */
+export async function probeH2c(m: Member, path: string, timeoutMs: number, idleMs: number): Promise<number> {
+  const sess = await session(m, timeoutMs, idleMs);
+  return new Promise<number>((resolve, reject) => {
+    const st = sess.request({ ':method': 'GET', ':path': path, ':scheme': 'http', ':authority': m.url.host, 'user-agent': 'bext-proxy-health', 'content-type': 'application/grpc', te: 'trailers' }, { endStream: true });
+    const timer = setTimeout(() => {
+      st.close(http2.constants.NGHTTP2_CANCEL);
+      reject(coded(`no answer within ${timeoutMs} ms`, 'UND_ERR_HEADERS_TIMEOUT'));
+    }, timeoutMs);
+    st.once('response', (h: IncomingHttpHeaders) => {
+      clearTimeout(timer);
+      st.resume();
+      resolve(Number(h[':status']));
+    });
+    st.once('error', (e: Error) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+  });
+}
+
 async function pump(src: AsyncIterable<Buffer>, dst: ClientHttp2Stream): Promise<void> {
   try {
     for await (const c of src) {

@@ -8,6 +8,7 @@ import type { ClientHttp2Session } from 'node:http2';
 import { Pool } from 'undici';
 import { makeBalancer, type Balancer } from './balancer.js';
 import { statusExpected, type ErrorRateConfig, type UpstreamConfig } from './config.js';
+import { probeH2c } from './transport.js';
 
 /** A state change worth telling operators about. */
 export type ProxyEvent =
@@ -35,6 +36,7 @@ export class Member {
   healthy = true;
   okStreak = 0;
   failStreak = 0;
+  checks = { passed: 0, failed: 0 };
   /** Passive detection. */
   consecutive5xx = 0;
   consecutiveConnect = 0;
@@ -106,7 +108,7 @@ export class Breaker {
     return 'probe';
   }
 
-  /** Records an attempt; returns the error rate when this result opened the breaker. */
+  /** Records an attempt; `change` hears of a state change (with the error rate when it opened). */
   record(ok: boolean, probe: boolean, now: number, change: (to: BreakerState, rate?: number) => void): void {
     if (probe) {
       this.probing--;
@@ -142,12 +144,6 @@ export class Breaker {
       this.openedUntil = now + this.#cfg.openMs;
       change('open', failed / total);
     }
-  }
-
-  /** Result of an attempt that started as an ordinary (not probe) request while the state moved on. */
-  reset(): void {
-    this.#total.fill(0);
-    this.#failed.fill(0);
   }
 }
 
@@ -362,8 +358,10 @@ export class Upstream {
   startChecks(): void {
     const a = this.cfg.health.active;
     if (!a || this.#timer) return;
-    for (const m of this.members) {
-      m.checker = new Pool(m.id, { connections: 1, keepAliveTimeout: Math.max(a.intervalMs * 2, 1000), connect: { timeout: Math.min(a.timeoutMs, this.cfg.timeouts.connectMs) } });
+    if (this.cfg.protocol === 'http1') {
+      for (const m of this.members) {
+        m.checker = new Pool(m.id, { connections: 1, keepAliveTimeout: Math.max(a.intervalMs * 2, 1000), connect: { timeout: Math.min(a.timeoutMs, this.cfg.timeouts.connectMs) } });
+      }
     }
     const run = () => {
       for (const m of this.members) void this.#check(m);
@@ -378,21 +376,29 @@ export class Upstream {
     let pass = false;
     let detail = '';
     try {
-      const res = await m.checker!.request({
-        method: 'GET',
-        path: a.path,
-        headers: { host: m.url.host, 'user-agent': 'bext-proxy-health' },
-        headersTimeout: a.timeoutMs,
-        bodyTimeout: a.timeoutMs,
-      });
-      await res.body.dump();
-      pass = statusExpected(a.expectStatus, res.statusCode);
-      if (!pass) detail = `status ${res.statusCode}`;
+      let status: number;
+      if (m.checker === null) {
+        // h2c members are checked over the same multiplexed session requests use.
+        status = await probeH2c(m, a.path, a.timeoutMs, this.cfg.keepAliveMs);
+      } else {
+        const res = await m.checker.request({
+          method: 'GET',
+          path: a.path,
+          headers: { host: m.url.host, 'user-agent': 'bext-proxy-health' },
+          headersTimeout: a.timeoutMs,
+          bodyTimeout: a.timeoutMs,
+        });
+        await res.body.dump();
+        status = res.statusCode;
+      }
+      pass = statusExpected(a.expectStatus, status);
+      if (!pass) detail = `status ${status}`;
     } catch (e) {
       detail = (e as { code?: string }).code ?? (e as Error).message;
     }
     if (this.#closed) return;
     if (pass) {
+      m.checks.passed++;
       m.failStreak = 0;
       m.okStreak++;
       if (!m.healthy && m.okStreak >= a.rise) {
@@ -400,6 +406,7 @@ export class Upstream {
         this.#onEvent({ event: 'member-up', upstream: this.name, member: m.label, reason: `${m.okStreak} passing checks` });
       }
     } else {
+      m.checks.failed++;
       m.okStreak = 0;
       m.failStreak++;
       if (m.healthy && m.failStreak >= a.fall) {
@@ -430,6 +437,7 @@ export class Upstream {
         ...(m.notBefore > now ? { retryAfterMs: m.notBefore - now } : {}),
         requests: m.requests,
         failures: { ...m.failures },
+        ...(this.cfg.health.active ? { checks: { ...m.checks } } : {}),
       })),
     };
   }
