@@ -257,6 +257,8 @@ export async function buildSite(siteDir: string, outDir?: string): Promise<Build
       jsx: 'automatic',
       sourcemap: 'linked',
       minifySyntax: true,
+      // Component names label the memo metrics and stack traces.
+      keepNames: true,
       logLevel: 'silent',
       define: { 'process.env.NODE_ENV': '"production"' },
       // One React for pages, the runtime and the renderer, whatever the site has installed.

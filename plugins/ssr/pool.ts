@@ -270,7 +270,8 @@ export class RenderPool {
     const cfg = this.#cfg;
     const worker = new Worker(gen.bundle, {
       workerData: cfg.init,
-      execArgv: [],
+      // Stacks of page errors point at the site's files, not the bundle.
+      execArgv: ['--enable-source-maps'],
       resourceLimits: { maxOldGenerationSizeMb: cfg.heapLimitMb },
     });
     const slot: Slot = {

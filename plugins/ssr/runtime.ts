@@ -205,7 +205,7 @@ function jsonKey(v: unknown): string {
  * ```
  */
 export function memo<P extends object>(component: ComponentType<P>, opts: MemoOptions<P> = {}): ComponentType<P> {
-  const name = opts.name ?? component.displayName ?? component.name ?? 'anonymous';
+  const name = opts.name || component.displayName || component.name || 'anonymous';
   const prefix = `${name}#${++seq}\n`;
   const keyOf = opts.key ?? jsonKey;
   function Memo(props: P): ReactNode {
