@@ -12,7 +12,7 @@ export async function load({ params, tag }: PageContext) {
 }
 
 export default function PostPage({ data: post }: PageProps<typeof load>) {
-  const og = `/api/og?title=${encodeURIComponent(post.title)}&subtitle=${encodeURIComponent(post.summary)}`;
+  const og = `/api/og?template=post&title=${encodeURIComponent(post.title)}&subtitle=${encodeURIComponent(post.summary)}`;
   return (
     <article>
       <title>{`${post.title} · bext example`}</title>
