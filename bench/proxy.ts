@@ -2,7 +2,9 @@
  * Reverse proxy throughput: bext (proxy plugin) vs nginx (Debian's, one
  * worker, keep-alive to the upstream) vs Fastify + @fastify/reply-from, all
  * in front of the same node:http upstream serving the 2 KB page, measured
- * interleaved in one run. The upstream alone is measured too, as the ceiling.
+ * interleaved in one run. Two references are measured too: the upstream
+ * alone (the ceiling), and node:http + undici with no framework and no
+ * features (the floor any Node proxy pays).
  * Targets: bext ≥ 0.7× nginx and ≥ 1.0× reply-from.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -85,6 +87,7 @@ const servers: Record<string, { port: number; stop(): Promise<void> }> = {};
 try {
   servers.nginx = await startNginx(upstream.port);
   servers.replyFrom = await startServer('bench/proxy-servers/reply-from.ts', [up]);
+  servers.nodeUndici = await startServer('bench/proxy-servers/node-undici.ts', [up]);
   servers.bext = await startServer('bench/proxy-servers/bext.ts', [up]);
   const targets: Record<string, string> = { upstream: `http://127.0.0.1:${up}/` };
   for (const [n, s] of Object.entries(servers)) targets[n] = `http://127.0.0.1:${s.port}/`;
@@ -98,6 +101,7 @@ try {
     upstream: 'upstream alone (node:http)',
     nginx: 'nginx, 1 worker, keepalive 128',
     replyFrom: 'Fastify + @fastify/reply-from',
+    nodeUndici: 'node:http + undici, no features',
     bext: 'bext proxy plugin',
   };
   console.log(`proxy benchmark (${hasWrk ? 'wrk -t1 -c50' : 'autocannon -c50'}, ${seconds}s × best of ${rounds} rounds, 2 KB page)`);

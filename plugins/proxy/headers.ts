@@ -110,23 +110,24 @@ export function clientResponseHeaders(src: Record<string, string | string[] | un
  * one pass: lower-cased names, repeated ones as arrays.
  */
 export function clientResponseHeadersRaw(raw: Buffer[]): Headers {
-  let extra: Set<string> | null = null;
-  for (let i = 0; i + 1 < raw.length; i += 2) {
-    const k = raw[i]!;
-    if (k.length === 10 && k.toString('latin1').toLowerCase() === 'connection') {
-      const v = raw[i + 1]!.toString('latin1');
-      if (v !== 'keep-alive' && v !== 'close') extra = connectionTokens(v);
-    }
-  }
   const out: Headers = {};
+  let connection: string | null = null;
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const k = raw[i]!.toString('latin1').toLowerCase();
-    if (HOP_BY_HOP.has(k) || (extra !== null && extra.has(k))) continue;
     const v = raw[i + 1]!.toString('latin1');
+    if (HOP_BY_HOP.has(k)) {
+      if (k === 'connection') connection = connection === null ? v : `${connection}, ${v}`;
+      continue;
+    }
     const prev = out[k];
     if (prev === undefined) out[k] = v;
     else if (typeof prev === 'string') out[k] = [prev, v];
     else prev.push(v);
+  }
+  // Rare: Connection naming further hop-by-hop headers, which may have come before it.
+  if (connection !== null) {
+    const extra = connectionTokens(connection);
+    if (extra !== null) for (const k of extra) delete out[k];
   }
   return out;
 }
