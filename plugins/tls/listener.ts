@@ -136,6 +136,9 @@ export class Listeners {
 
   #route(socket: tls.TLSSocket): void {
     socket.on('error', () => socket.destroy());
+    // The HTTP/1.1 server turns Nagle off on its sockets; http2 does not, and small
+    // responses then wait out the peer's delayed ACK (40 ms) on every request.
+    socket.setNoDelay(true);
     this.#o.onHandshake(socket);
     if (this.#closing) return void socket.destroy();
     if (!this.#ready) {
@@ -154,6 +157,7 @@ export class Listeners {
 
   #sniff(socket: net.Socket): void {
     socket.on('error', () => socket.destroy());
+    socket.setNoDelay(true);
     if (this.#closing) return void socket.destroy();
     let head = Buffer.alloc(0);
     const onData = (chunk: Buffer) => {
