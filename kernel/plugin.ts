@@ -47,13 +47,15 @@ export class LoadedPlugin {
   backoffMs = BASE_BACKOFF_MS;
   calls = 0;
   errors = 0;
+  /** Source, integrity, grants, scope and config: equal fingerprints are reused across reloads. */
+  fingerprint = '';
   #restarting: Promise<void> | null = null;
 
   constructor(
     readonly manifest: Manifest,
     readonly instance: SandboxInstance,
     readonly grants: readonly string[],
-    readonly order: number,
+    public order: number,
     readonly scope: 'global' | 'group',
     readonly source: string,
     private readonly log: Logger,

@@ -41,6 +41,8 @@ export class BextRequest implements TrustedRequest {
   timings: import('../plugin-api/index.js').HookTiming[] | null = null;
   /** performance.now() at the start of the request. */
   t0 = 0;
+  /** The plugin set this request started on (kernel bookkeeping). */
+  gen: unknown = null;
   /** The response, for early hints. */
   out: import('node:http').ServerResponse | null = null;
   #bodyLimit: number;

@@ -6,6 +6,7 @@
  * can be handed to `serve()`; its sockets run the onConnect chain and are
  * then fed to the same HTTP server.
  */
+import { unwatchFile, watchFile } from 'node:fs';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import net from 'node:net';
 import { dirname, resolve } from 'node:path';
@@ -19,7 +20,7 @@ import {
 } from '../plugin-api/index.js';
 import { sandboxHost } from '../sandboxes/registry.js';
 import { compileChains, type ChainEntry, type CompiledChains, type CompiledGroup, type RouteStore } from './chains.js';
-import { validatePluginConfig, type BextConfig } from './config.js';
+import { loadConfig, validatePluginConfig, type BextConfig } from './config.js';
 import { checkTopic, createHost, MemoryKv, type HostContext, type KvStore } from './host.js';
 import { computeIntegrity } from './integrity.js';
 import { readLock, type LockEntry } from './lock.js';
@@ -59,6 +60,12 @@ export interface KernelOptions {
 }
 
 const LOAD_TIMEOUT_MS = 15_000;
+
+/** In-flight accounting of one plugin set, so a reload can retire the old one. */
+interface Generation {
+  inflight: number;
+  onIdle: (() => void) | null;
+}
 const DISPOSE_TIMEOUT_MS = 5_000;
 const kAdmin = Symbol('bext.admin');
 
@@ -101,13 +108,17 @@ class ResponseView implements ResponseHead {
 }
 
 export class Kernel {
-  readonly config: BextConfig;
+  config: BextConfig;
   readonly log: Logger;
   readonly metrics: KernelMetrics;
   readonly siteDir: string;
   readonly audits: { time: number; plugin: string; fn: string; detail: string }[] = [];
   #plugins: LoadedPlugin[] = [];
   #chains!: CompiledChains;
+  /** The current plugin set's in-flight count; a reload starts a new one. */
+  #gen: Generation = { inflight: 0, onIdle: null };
+  #reloading: Promise<void> = Promise.resolve();
+  #unwatch: (() => void) | null = null;
   #app!: FastifyInstance;
   #http!: http.Server;
   #listeners: net.Server[] = [];
@@ -170,6 +181,19 @@ export class Kernel {
       const { RedisKv } = await import('./redis-kv.js');
       this.#kv = new RedisKv(this.config.redis.url, this.log);
     }
+    const gen = await this.#loadGeneration(this.config, null);
+    this.#plugins = gen.plugins;
+    this.#setChains(gen.chains);
+    this.#buildServer();
+  }
+
+  /**
+   * Loads a plugin set and compiles its chains. Plugins of `previous` whose
+   * source, integrity, grants, scope and config are unchanged are reused as
+   * they are (their state and connections survive a reload); the rest load
+   * fresh. On any error the fresh ones are disposed and the error thrown.
+   */
+  async #loadGeneration(config: BextConfig, previous: LoadedPlugin[] | null): Promise<{ plugins: LoadedPlugin[]; chains: CompiledChains; fresh: LoadedPlugin[] }> {
     const specs: PluginSpec[] = [];
     let base = this.#opts.baseDir ?? process.cwd();
     if (this.#opts.lockFile) {
@@ -182,61 +206,137 @@ export class Kernel {
     specs.push(...(this.#opts.plugins ?? []));
     const names = new Map<string, string>();
     const configFile = this.#opts.configFile ?? 'bext.config.json';
-    const sections = new Set(Object.keys(this.config.plugins));
-    for (const [i, spec] of specs.entries()) {
-      const loc = locatePlugin(spec.source, base);
-      const m = loc.manifest;
-      if (spec.name && spec.name !== m.name) {
-        throw new BextError('BEXT_ERR_LOCK_INVALID', `lock entry "${spec.name}" points at ${spec.source}, whose manifest is named "${m.name}"`, { hint: `re-lock it with \`bext plugin add ${spec.source}\`` });
-      }
-      const prev = names.get(m.name);
-      if (prev) throw new BextError('BEXT_ERR_PLUGIN_DUPLICATE', `plugin name "${m.name}" is claimed by both ${prev} and ${loc.source}`, { hint: 'remove one of them, or rename one plugin' });
-      names.set(m.name, loc.source);
-      if (spec.integrity) {
-        const actual = computeIntegrity(loc.root);
-        if (actual !== spec.integrity) {
-          throw new BextError('BEXT_ERR_LOCK_INTEGRITY', `plugin "${m.name}" (${loc.source}) does not match its locked integrity: locked ${spec.integrity}, found ${actual}`, {
+    const sections = new Set(Object.keys(config.plugins));
+    const plugins: LoadedPlugin[] = [];
+    const fresh: LoadedPlugin[] = [];
+    try {
+      for (const [i, spec] of specs.entries()) {
+        const loc = locatePlugin(spec.source, base);
+        const m = loc.manifest;
+        if (spec.name && spec.name !== m.name) {
+          throw new BextError('BEXT_ERR_LOCK_INVALID', `lock entry "${spec.name}" points at ${spec.source}, whose manifest is named "${m.name}"`, { hint: `re-lock it with \`bext plugin add ${spec.source}\`` });
+        }
+        const prev = names.get(m.name);
+        if (prev) throw new BextError('BEXT_ERR_PLUGIN_DUPLICATE', `plugin name "${m.name}" is claimed by both ${prev} and ${loc.source}`, { hint: 'remove one of them, or rename one plugin' });
+        names.set(m.name, loc.source);
+        const integrity = spec.integrity || previous ? computeIntegrity(loc.root) : '';
+        if (spec.integrity && integrity !== spec.integrity) {
+          throw new BextError('BEXT_ERR_LOCK_INTEGRITY', `plugin "${m.name}" (${loc.source}) does not match its locked integrity: locked ${spec.integrity}, found ${integrity}`, {
             hint: `if you changed it on purpose, re-lock with \`bext plugin add ${loc.source}\`; otherwise restore its files`,
           });
         }
+        sections.delete(m.name);
+        const pluginConfig = validatePluginConfig(m.name, m.configSchema as Record<string, unknown> | undefined, config.plugins[m.name], configFile);
+        const grants = spec.grants ?? [];
+        const scope = spec.scope ?? 'global';
+        const fingerprint = JSON.stringify([loc.source, integrity, [...grants].sort(), scope, pluginConfig]);
+        const same = previous?.find((p) => p.name === m.name && p.fingerprint === fingerprint);
+        if (same) {
+          same.order = i;
+          plugins.push(same);
+          continue;
+        }
+        const kind: SandboxKind = m.sandbox;
+        const sandbox = await sandboxHost(kind);
+        const host = createHost(this.#hostCtx, m.name, grants, pluginConfig, kind === 'trusted');
+        const limits = {
+          timeoutMs: m.limits?.timeoutMs ?? DEFAULT_LIMITS.timeoutMs,
+          memoryMb: m.limits?.memoryMb ?? DEFAULT_LIMITS.memoryMb,
+          fuel: m.limits?.fuel ?? DEFAULT_LIMITS.fuel,
+          bodyBytes: m.limits?.bodyBytes ?? DEFAULT_LIMITS.bodyBytes,
+        };
+        let instance;
+        try {
+          instance = await withTimeout(sandbox.load({ manifest: m, dir: loc.root, entryPath: loc.entryPath, host, grants, limits }), LOAD_TIMEOUT_MS, `loading plugin "${m.name}"`);
+        } catch (e) {
+          if (e instanceof BextError) throw e;
+          throw new BextError('BEXT_ERR_PLUGIN_LOAD', `plugin "${m.name}" failed to load: ${(e as Error)?.message ?? String(e)}`, { cause: e });
+        }
+        const loaded = new LoadedPlugin(m, instance, grants, i, scope, loc.source, this.log, (p) => this.metrics.quarantines.inc({ plugin: p.name }), this.#opts.quarantineBackoffMs);
+        loaded.fingerprint = fingerprint;
+        const early = this.#pendingDegraded.get(m.name);
+        if (early) {
+          loaded.state = 'degraded';
+          loaded.detail = early;
+        }
+        plugins.push(loaded);
+        fresh.push(loaded);
       }
-      sections.delete(m.name);
-      const pluginConfig = validatePluginConfig(m.name, m.configSchema as Record<string, unknown> | undefined, this.config.plugins[m.name], configFile);
-      const grants = spec.grants ?? [];
-      const kind: SandboxKind = m.sandbox;
-      const sandbox = await sandboxHost(kind);
-      const host = createHost(this.#hostCtx, m.name, grants, pluginConfig, kind === 'trusted');
-      const limits = {
-        timeoutMs: m.limits?.timeoutMs ?? DEFAULT_LIMITS.timeoutMs,
-        memoryMb: m.limits?.memoryMb ?? DEFAULT_LIMITS.memoryMb,
-        fuel: m.limits?.fuel ?? DEFAULT_LIMITS.fuel,
-        bodyBytes: m.limits?.bodyBytes ?? DEFAULT_LIMITS.bodyBytes,
-      };
-      let instance;
+      for (const s of sections) {
+        throw new BextError('BEXT_ERR_CONFIG_INVALID', `${configFile}: $.plugins.${s}: no plugin named "${s}" is loaded`, { hint: `add it with \`bext plugin add ${s}\`, or remove the section` });
+      }
+      return { plugins, chains: compileChains(plugins, config.groups), fresh };
+    } catch (e) {
+      await this.#dispose(fresh);
+      throw e;
+    }
+  }
+
+  /**
+   * Hot reload: reads the config file and the lock again, builds the new
+   * plugin set and chains beside the old ones, and swaps them atomically.
+   * Requests already running finish on the set they started with; plugins
+   * that left the set are disposed once those requests are done. A bad
+   * config or lock is refused with its errors and the old set keeps serving.
+   */
+  async reload(): Promise<{ ok: true; loaded: string[]; reused: string[]; removed: string[] } | { ok: false; error: BextError }> {
+    const run = async () => {
+      let config: BextConfig;
+      let gen: { plugins: LoadedPlugin[]; chains: CompiledChains; fresh: LoadedPlugin[] };
       try {
-        instance = await withTimeout(sandbox.load({ manifest: m, dir: loc.root, entryPath: loc.entryPath, host, grants, limits }), LOAD_TIMEOUT_MS, `loading plugin "${m.name}"`);
+        config = this.#opts.configFile ? loadConfig(this.#opts.configFile) : this.config;
+        gen = await this.#loadGeneration(config, this.#plugins);
       } catch (e) {
-        if (e instanceof BextError) throw e;
-        throw new BextError('BEXT_ERR_PLUGIN_LOAD', `plugin "${m.name}" failed to load: ${(e as Error)?.message ?? String(e)}`, { cause: e });
+        const error = e instanceof BextError ? e : new BextError('BEXT_ERR_CONFIG_INVALID', String((e as Error)?.message ?? e));
+        this.log.error('reload refused; the running configuration keeps serving', { code: error.code, error: error.message });
+        return { ok: false as const, error };
       }
-      const loaded = new LoadedPlugin(m, instance, grants, i, spec.scope ?? 'global', loc.source, this.log, (p) => this.metrics.quarantines.inc({ plugin: p.name }), this.#opts.quarantineBackoffMs);
-      const early = this.#pendingDegraded.get(m.name);
-      if (early) {
-        loaded.state = 'degraded';
-        loaded.detail = early;
+      for (const key of ['server', 'admin', 'redis'] as const) {
+        if (JSON.stringify(config[key]) !== JSON.stringify(this.config[key])) this.log.warn(`reload: the "${key}" section changed; it takes effect at the next restart`);
       }
-      this.#plugins.push(loaded);
-    }
-    for (const s of sections) {
-      throw new BextError('BEXT_ERR_CONFIG_INVALID', `${configFile}: $.plugins.${s}: no plugin named "${s}" is loaded`, { hint: `add it with \`bext plugin add ${s}\`, or remove the section` });
-    }
-    this.#setChains(compileChains(this.#plugins, this.config.groups));
-    this.#buildServer();
+      const old = this.#plugins;
+      const oldGen = this.#gen;
+      const kept = new Set(gen.plugins);
+      const removed = old.filter((p) => !kept.has(p));
+      this.config = { ...this.config, groups: config.groups, plugins: config.plugins };
+      this.#plugins = gen.plugins;
+      this.#setChains(gen.chains);
+      // Dispose what left once every request that started on the old set is done.
+      const retire = () => void this.#dispose(removed);
+      if (oldGen.inflight === 0) retire();
+      else oldGen.onIdle = retire;
+      const reused = gen.plugins.filter((p) => !gen.fresh.includes(p)).map((p) => p.name);
+      this.log.info('reloaded', { loaded: gen.fresh.map((p) => p.name), reused, removed: removed.map((p) => p.name) });
+      return { ok: true as const, loaded: gen.fresh.map((p) => p.name), reused, removed: removed.map((p) => p.name) };
+    };
+    // One reload at a time.
+    const next = this.#reloading.then(run, run);
+    this.#reloading = next.then(() => undefined, () => undefined);
+    return next;
+  }
+
+  /** Reloads when the config file or the lock changes on disk. */
+  watch(): () => void {
+    const files = [this.#opts.configFile, this.#opts.lockFile].filter((f): f is string => !!f);
+    let timer: NodeJS.Timeout | null = null;
+    const fire = () => {
+      if (timer) clearTimeout(timer);
+      timer = setTimeout(() => void this.reload(), 150);
+    };
+    const watchers = files.map((f) => watchFile(f, { interval: 500 }, fire));
+    void watchers;
+    const stop = () => {
+      for (const f of files) unwatchFile(f, fire);
+      if (timer) clearTimeout(timer);
+    };
+    this.#unwatch = stop;
+    return stop;
   }
 
   #setChains(c: CompiledChains): void {
     this.#chains = c;
     this.#singleGroup = c.groups.length === 1 ? c.groups[0]! : null;
+    this.#gen = { inflight: 0, onIdle: null };
   }
 
   // ---------------------------------------------------------------- HTTP
@@ -406,6 +506,8 @@ export class Kernel {
     const { req, group } = this.#makeRequest(raw);
     req.out = out;
     req.t0 = t0;
+    req.gen = this.#gen;
+    this.#gen.inflight++;
     if (this.#observers.size !== 0) req.timings = [];
     let r: ResponseData | Promise<ResponseData>;
     try {
@@ -669,6 +771,12 @@ export class Kernel {
 
   #done(req: BextRequest, group: CompiledGroup, status: number, t0: number): void {
     if (req.timings) this.#observe(req, group, status, t0);
+    const gen = req.gen as Generation | null;
+    if (gen && --gen.inflight === 0 && gen.onIdle && gen !== this.#gen) {
+      const f = gen.onIdle;
+      gen.onIdle = null;
+      f();
+    }
     const cls = status < 200 ? '1xx' : status < 300 ? '2xx' : status < 400 ? '3xx' : status < 500 ? '4xx' : '5xx';
     const key = `${group.name} ${req.method} ${cls}`;
     const c = this.#httpCounts.get(key);
@@ -788,6 +896,7 @@ export class Kernel {
         return () => this.#observers.delete(fn);
       },
       serve: (server, spec) => this.serve(server, spec),
+      reload: () => this.reload(),
       handle: (req, res) => this.#handle(req as unknown as IncomingMessage, res as unknown as ServerResponse),
       plugins: () => this.plugins(),
       ready: () => this.#ready && !this.#draining,
@@ -865,14 +974,20 @@ export class Kernel {
   }
 
   async #disposePlugins(): Promise<void> {
-    for (const p of [...this.#plugins].reverse()) {
+    this.#unwatch?.();
+    await this.#dispose(this.#plugins);
+    this.#plugins = [];
+  }
+
+  /** Disposes plugins in reverse load order, each within its deadline. */
+  async #dispose(list: LoadedPlugin[]): Promise<void> {
+    for (const p of [...list].reverse()) {
       try {
         await withTimeout(p.instance.dispose(), DISPOSE_TIMEOUT_MS, `disposing plugin "${p.name}"`);
       } catch (e) {
         this.log.error('plugin dispose failed', { plugin: p.name, error: (e as Error).message });
       }
     }
-    this.#plugins = [];
   }
 
   /** Plugin-facing logging at a level (used by the CLI). */

@@ -136,6 +136,11 @@ export interface KernelServices {
   handle(req: import('node:http').IncomingMessage | import('node:http2').Http2ServerRequest, res: import('node:http').ServerResponse | import('node:http2').Http2ServerResponse): void;
   /** Every plugin with its state and counters. */
   plugins(): PluginStatus[];
+  /**
+   * Re-reads the config file and the lock and swaps to the new plugin set
+   * (see Kernel.reload). Resolves to what changed, or the error that refused it.
+   */
+  reload(): Promise<{ ok: true; loaded: string[]; reused: string[]; removed: string[] } | { ok: false; error: import('./errors.js').BextError }>;
   /** Whether the server is ready (started, not draining). */
   ready(): boolean;
   /** Prometheus registry text (prom-client) of everything the kernel records. */

@@ -39,9 +39,10 @@ Commands:
   routes [dir]              print the effective chains for a host and path
 
 Run \`bext <command> --help\` for a command's options.`,
-  run: `Usage: bext run [dir] [--port N] [--host H] [--config FILE] [--lock FILE] [--admin-port N]
+  run: `Usage: bext run [dir] [--port N] [--host H] [--config FILE] [--lock FILE] [--admin-port N] [--no-watch]
 
-Serves dir (default .). Config: --config, else dir/bext.config.json, else ./bext.config.json, else
+Serves dir (default .). The config file and the lock are watched: a change is loaded beside the
+running plugin set and swapped in atomically; a bad change is refused and the old set keeps serving. Config: --config, else dir/bext.config.json, else ./bext.config.json, else
 the embedded defaults. Plugins: --lock, else dir/plugins.lock.json, else ./plugins.lock.json, else
 bext's own default composition. SIGINT/SIGTERM drain in-flight requests, then stop.`,
   'plugin add': `Usage: bext plugin add <builtin-name | ./folder | ./plugin.wasm> [--yes | --grant CAP... | --grant-none] [--scope global|group] [--lock FILE]
@@ -88,7 +89,7 @@ function findConfig(dir: string, explicit?: string): string | undefined {
 }
 
 async function cmdRun(argv: string[]) {
-  const a = args(argv, { port: { type: 'string', short: 'p' }, host: { type: 'string' }, config: { type: 'string', short: 'c' }, lock: { type: 'string' }, 'admin-port': { type: 'string' } });
+  const a = args(argv, { port: { type: 'string', short: 'p' }, host: { type: 'string' }, config: { type: 'string', short: 'c' }, lock: { type: 'string' }, 'admin-port': { type: 'string' }, 'no-watch': { type: 'boolean' } });
   if (a.values.help) return void out(HELP.run!);
   const dir = resolve(a.positionals[0] ?? '.');
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new UsageError(`${dir} is not a folder`);
@@ -106,6 +107,7 @@ async function cmdRun(argv: string[]) {
   const lockFile = findLock(dir, a.values.lock as string | undefined);
   const kernel = await Kernel.create({ config, configFile, lockFile, siteDir: dir, logger: new Logger() });
   const { port, adminPort } = await kernel.listen();
+  if (!a.values['no-watch']) kernel.watch();
   out(`bext serving ${relative(process.cwd(), dir) || '.'} on http://${config.server.host === '0.0.0.0' ? '127.0.0.1' : config.server.host}:${port}` + (adminPort !== null ? ` (admin on http://${config.admin.host}:${adminPort})` : ''));
   out(`plugins: ${kernel.plugins().map((p) => `${p.name}@${p.version}[${p.sandbox}]`).join(', ') || 'none'} (from ${relative(process.cwd(), lockFile) || lockFile})`);
   let stopping = false;

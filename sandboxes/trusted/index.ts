@@ -6,13 +6,22 @@
 import { pathToFileURL } from 'node:url';
 import { BextError, type PluginFactory, type PluginInstance, type SandboxHost, type SandboxInstance, type SandboxStats } from '../../plugin-api/index.js';
 
+/**
+ * Each load imports the entry under a fresh URL, so a reload after the code
+ * changed runs the new code. Modules the entry imports stay cached by Node
+ * (ESM has no unload): a trusted plugin that changes at runtime should keep
+ * its changing code in its entry, or live in a sandbox kind.
+ */
+let loads = 0;
+
 const trusted: SandboxHost = {
   kind: 'trusted',
   available: () => ({ ok: true }),
   async load(spec) {
     let mod: { default?: unknown };
     try {
-      mod = (await import(pathToFileURL(spec.entryPath).href)) as { default?: unknown };
+      const url = pathToFileURL(spec.entryPath).href + (loads++ === 0 ? '' : `?bext-load=${loads}`);
+      mod = (await import(url)) as { default?: unknown };
     } catch (e) {
       throw new BextError('BEXT_ERR_PLUGIN_LOAD', `plugin "${spec.manifest.name}": cannot import ${spec.entryPath}: ${(e as Error).message}`, { cause: e });
     }
