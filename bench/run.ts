@@ -3,7 +3,8 @@ import { existsSync, readdirSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 
 const names = process.argv.slice(2);
-const all = readdirSync('bench').filter((f) => f.endsWith('.ts') && !['run.ts', 'lib.ts'].includes(f)).map((f) => f.slice(0, -3));
+// Helper scripts (load generators) are not benchmarks of their own.
+const all = readdirSync('bench').filter((f) => f.endsWith('.ts') && !['run.ts', 'lib.ts'].includes(f) && !f.endsWith('-load.ts')).map((f) => f.slice(0, -3));
 if (!names.length) {
   console.log(`usage: npm run bench -- <${all.join('|')}>`);
   process.exit(1);
