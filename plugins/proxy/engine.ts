@@ -58,6 +58,11 @@ function watch(conn: Watched, cancel: Cancel): void {
   if ((conn as { destroyed?: boolean }).destroyed) cancel.cancelled = true;
 }
 
+/** Via names the protocol as `1.1`, or `2` for HTTP/2 (Node reports `2.0`). */
+function viaVersion(v: string): string {
+  return v === '2.0' ? '2' : v;
+}
+
 function replayable(body: AttemptBody): boolean {
   return body === null || Buffer.isBuffer(body) || body.replayable;
 }
@@ -125,7 +130,7 @@ export class ProxyEngine {
       trusted: this.#trusted.size > 0 && this.#trusted.has(req.remoteAddress),
       scheme: req.scheme,
       host: typeof h === 'string' ? h : '',
-      httpVersion: req.httpVersion,
+      httpVersion: viaVersion(req.httpVersion),
       via: this.#via,
     };
   }
@@ -228,7 +233,7 @@ export class ProxyEngine {
             }
           }
         }
-        return this.#respond(res, m, up, route, req.httpVersion);
+        return this.#respond(res, m, up, route, viaVersion(req.httpVersion));
       }
       this.#release(m, up);
       const kind: FailureKind = classify(err);
