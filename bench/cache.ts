@@ -18,7 +18,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import zlib from 'node:zlib';
@@ -66,7 +66,10 @@ async function serve(kind: string, arg?: string): Promise<void> {
     pluginConfig.cache = { key: { varyHeaders: ['accept-language', 'rsc', 'next-router-state-tree', 'next-router-prefetch', 'next-router-segment-prefetch', 'next-url'] } };
   }
   const config = parseConfig({ server: { port: 0, host: '127.0.0.1' }, admin: { port: null, token: TOKEN }, plugins: pluginConfig });
-  const k = await Kernel.create({ config, lockFile: join(ROOT, 'plugins.lock.json'), plugins, siteDir: dir, logger: new Logger('error') });
+  // The default stack is the lock's composition; integrity is left to `bext run` (a plugin edited and not yet re-locked must not stop a benchmark).
+  const lock = JSON.parse(readFileSync(join(ROOT, 'plugins.lock.json'), 'utf8')) as { plugins: { name: string; source: string; capabilities: string[]; order: number }[] };
+  const locked = [...lock.plugins].sort((a, b) => a.order - b.order).map((e) => ({ source: e.source, grants: e.capabilities, name: e.name }));
+  const k = await Kernel.create({ config, plugins: [...locked, ...plugins], baseDir: ROOT, siteDir: dir, logger: new Logger('error') });
   const { port } = await k.listen();
   process.stdout.write(`LISTENING ${port}\n`);
   process.on('SIGTERM', () => void k.close(1000).then(() => process.exit(0)));

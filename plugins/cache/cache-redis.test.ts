@@ -85,7 +85,7 @@ async function freePort(): Promise<number> {
 
 /** A redis-server of this test's own, so it can be killed without touching the shared one. */
 async function ownRedis(port: number): Promise<ChildProcess> {
-  const p = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const p = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--enable-debug-command', 'local'], { stdio: ['ignore', 'pipe', 'inherit'] });
   await new Promise<void>((resolveReady, reject) => {
     let out = '';
     p.stdout!.on('data', (d: Buffer) => {
@@ -195,6 +195,28 @@ describe('cache with redis', () => {
       expect((await get(a, '/a')).text).toBe(v1.text);
     } finally {
       direct.disconnect();
+      redis.kill('SIGKILL');
+    }
+  });
+
+  it('a Redis too slow to answer counts as down, and a prompt answer ends it', async () => {
+    g.__leaf = page;
+    const port = await freePort();
+    const redis = await ownRedis(port);
+    const url = `redis://127.0.0.1:${port}`;
+    const a = await start({ url, keyPrefix: prefix(), syncIntervalMs: 50, timeoutMs: 100 });
+    const blocker = new Redis(url);
+    try {
+      expect(state(a)).toBe('loaded');
+      // DEBUG SLEEP blocks the server itself: every command from the cache times out meanwhile.
+      const sleeping = blocker.call('DEBUG', 'SLEEP', '1');
+      const r = await get(a, '/slow-redis');
+      expect(r.status).toBe(200);
+      expect(state(a)).toBe('degraded');
+      await sleeping;
+      await until(() => state(a) === 'loaded', 5000, 'the probe to find redis prompt again');
+    } finally {
+      blocker.disconnect();
       redis.kill('SIGKILL');
     }
   });

@@ -203,6 +203,7 @@ export default definePlugin(async (host) => {
   let epoch = 0;
 
   const now = () => Date.now();
+  let metricsOff = false;
 
   // ------------------------------------------------------------ Redis tier
   const waiters = new Map<string, Set<(ev: 'filled' | 'pass') => void>>();
@@ -237,10 +238,13 @@ export default definePlugin(async (host) => {
   };
 
   function safeMetric(metric: string, value: number, labels: Record<string, string>, kind: 'counter' | 'gauge'): void {
+    if (metricsOff) return;
     try {
       host.metric(metric, value, labels, kind);
     } catch (e) {
-      host.log('warn', 'cache metric not recorded', { metric, error: (e as Error).message });
+      // Without the metrics grant every call would fail the same way: say so once and stop.
+      metricsOff = true;
+      host.log('warn', 'cache metrics are off: bext_metric failed', { metric, error: (e as Error).message });
     }
   }
 
@@ -276,7 +280,10 @@ export default definePlugin(async (host) => {
   const syncTimer = l2
     ? setInterval(() => {
         if (l2!.up) l2!.sync().catch(l2Failed);
-        else if (redisDetail) host.kernel?.setDegraded(redisDetail);
+        else {
+          if (redisDetail) host.kernel?.setDegraded(redisDetail);
+          l2!.probe().catch(() => undefined);
+        }
       }, cfg.redis.syncIntervalMs)
     : null;
   syncTimer?.unref();

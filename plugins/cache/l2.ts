@@ -164,10 +164,21 @@ export class L2 {
     this.#o.onState(false, `redis unavailable: ${e.message}`);
   }
 
-  /** A call failed: mark down until the connection reports ready again. */
+  /**
+   * A call failed: mark down until the connection reports ready again, or,
+   * for a connection that is up but too slow (a command timeout), until
+   * `probe()` gets a prompt answer.
+   */
   failed(e: unknown): void {
     const err = e instanceof Error ? e : new Error(String(e));
-    if (this.#up && this.#redis.status !== 'ready') this.#down(err);
+    if (this.#up && (this.#redis.status !== 'ready' || /timed out/i.test(err.message))) this.#down(err);
+  }
+
+  /** While marked down on a live connection: one PING; a prompt answer ends the outage. */
+  async probe(): Promise<void> {
+    if (this.#up || !this.#everUp || this.#closed || this.#redis.status !== 'ready') return;
+    await this.#redis.ping();
+    await this.#ready();
   }
 
   #key(k: string): string {

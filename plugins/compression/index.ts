@@ -201,7 +201,9 @@ export default definePlugin((host) => {
     return r;
   };
 
+  let metricsOff = false;
   const flush = () => {
+    if (metricsOff) return;
     try {
       for (const [enc, n] of counters.responses) host.metric('responses_total', n, { encoding: enc }, 'counter');
       for (const [reason, n] of counters.skipped) host.metric('skipped_total', n, { reason }, 'counter');
@@ -209,7 +211,9 @@ export default definePlugin((host) => {
       if (counters.bytesOut) host.metric('bytes_out_total', counters.bytesOut, {}, 'counter');
       host.metric('compressed_hits_total', counters.compressedHits, {}, 'counter');
     } catch (e) {
-      host.log('warn', 'compression metrics not recorded', { error: (e as Error).message });
+      // Without the metrics grant every flush would fail the same way: say so once and stop.
+      metricsOff = true;
+      host.log('warn', 'compression metrics are off: bext_metric failed', { error: (e as Error).message });
     }
     counters.responses.clear();
     counters.skipped.clear();
