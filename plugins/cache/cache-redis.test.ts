@@ -12,7 +12,7 @@ import net from 'node:net';
 import { resolve } from 'node:path';
 import { Redis } from 'ioredis';
 import { Agent, request } from 'undici';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { startBext, type Bext } from '../../sdk/harness.js';
 import { plugin, until } from '../../test/helpers.js';
 import type { ResponseData, TrustedRequest } from '../../plugin-api/index.js';
@@ -118,6 +118,33 @@ describe('cache with redis', () => {
     expect(after.text).toBe(first.text);
     expect(after.cs).toContain('detail=l2');
     expect(g.__renders).toBe(1);
+  });
+
+  it('stale across instances: one background render refreshes L2, and the other instance adopts it without rendering', async () => {
+    vi.useFakeTimers({ toFake: ['Date'], shouldAdvanceTime: true });
+    const t0 = Date.now();
+    try {
+      g.__leaf = (req) => ({ status: 200, headers: { 'content-type': 'text/html' }, body: `${req.path} v${++version}` });
+      const p = prefix();
+      const cache = { rules: [{ paths: ['/**'], mode: 'isr', revalidate: 30 }] };
+      const a = await start({ url: SHARED, keyPrefix: p }, cache);
+      const b = await start({ url: SHARED, keyPrefix: p }, cache);
+      const v1 = await get(a, '/isr');
+      expect((await get(b, '/isr')).cs).toContain('detail=l2');
+      vi.setSystemTime(t0 + 31_000);
+      const staleA = await get(a, '/isr');
+      expect(staleA.text).toBe(v1.text);
+      expect(staleA.cs).toContain('stale-while-revalidate');
+      await until(async () => (await get(a, '/isr')).text !== v1.text, 5000, 'instance a to store its re-render');
+      expect(g.__renders).toBe(2);
+      // b still holds v1 in memory: it serves it stale once, then takes a's newer copy from L2.
+      const staleB = await get(b, '/isr');
+      expect(staleB.text).toBe(v1.text);
+      await until(async () => (await get(b, '/isr')).text !== v1.text, 5000, 'instance b to adopt the newer copy');
+      expect(g.__renders).toBe(2);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('one render per key across instances: 200 concurrent requests split over two instances', async () => {
