@@ -2,6 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startBext, type Bext } from '../../sdk/harness.js';
 import { plugin } from '../../test/helpers.js';
+import { mergeDuplicates, stateText } from './index.js';
 
 let b: Bext;
 beforeAll(async () => {
@@ -45,5 +46,20 @@ describe('metrics', () => {
 
   it('is an admin route', async () => {
     expect((await fetch(`${b.url}/metrics`)).status).toBe(403);
+  });
+
+  it('reports plugin states and readiness', async () => {
+    const text = await (await fetch(`${b.adminUrl}/metrics`)).text();
+    expect(text).toMatch(/^bext_ready 1$/m);
+    expect(text).toMatch(/^bext_plugin_state\{plugin="recorder",state="loaded"\} 1$/m);
+    expect(text).toMatch(/^bext_plugin_state\{plugin="recorder",state="quarantined"\} 0$/m);
+    expect(text).toMatch(/^bext_plugin_info\{plugin="metrics",version="1.0.0",sandbox="trusted",fail_mode="open"\} 1$/m);
+    expect(stateText([], false)).toBe('# HELP bext_ready Whether the server accepts traffic (started, not draining)\n# TYPE bext_ready gauge\nbext_ready 0\n');
+  });
+
+  it('sums repeated HTTP series into one sample', () => {
+    const text = '# TYPE bext_http_requests_total counter\nbext_http_requests_total{group="default",method="OTHER",status_class="4xx"} 2\nbext_http_requests_total{group="default",method="GET",status_class="2xx"} 5\nbext_http_requests_total{group="default",method="OTHER",status_class="4xx"} 3\n';
+    expect(mergeDuplicates(text)).toBe('# TYPE bext_http_requests_total counter\nbext_http_requests_total{group="default",method="OTHER",status_class="4xx"} 5\nbext_http_requests_total{group="default",method="GET",status_class="2xx"} 5\n');
+    expect(mergeDuplicates('x 1\n')).toBe('x 1\n');
   });
 });
