@@ -129,7 +129,10 @@ async function main(): Promise<void> {
 
   // 1. Hits through the default stack against bare Fastify.
   const fastify = await startServer(self, ['serve', 'fastify']);
-  const bext = await startServer(self, ['serve', 'bext']);
+  const bext = await startServer(self, ['serve', 'bext']).catch(async (e: unknown) => {
+    await fastify.stop();
+    throw e;
+  });
   try {
     const br = { 'accept-encoding': 'br, gzip' };
     // Fill once per encoding set: the first request renders and stores identity, br and gzip.
@@ -165,15 +168,17 @@ async function main(): Promise<void> {
     console.log(`\nNext.js comparison skipped: ${next}`);
     return;
   }
-  const front = await startServer(self, ['serve', 'bext-next', String(next.port)]);
-  const bare = await startServer(self, ['serve', 'fastify']);
+  let front: Awaited<ReturnType<typeof startServer>> | null = null;
+  let bare: Awaited<ReturnType<typeof startServer>> | null = null;
   try {
+    front = await startServer(self, ['serve', 'bext-next', String(next.port)]);
+    bare = await startServer(self, ['serve', 'fastify']);
     await load(`http://127.0.0.1:${next.port}/`, 1);
     await load(`http://127.0.0.1:${front.port}/`, 1);
     const res = await compare([
       { name: 'next', run: () => load(`http://127.0.0.1:${next.port}/`, seconds) },
-      { name: 'bext', run: () => load(`http://127.0.0.1:${front.port}/`, seconds) },
-      { name: 'fastify', run: () => load(`http://127.0.0.1:${bare.port}/`, seconds) },
+      { name: 'bext', run: () => load(`http://127.0.0.1:${front!.port}/`, seconds) },
+      { name: 'fastify', run: () => load(`http://127.0.0.1:${bare!.port}/`, seconds) },
     ], rounds);
     const n = res.get('next')!;
     const page = await fetch(`http://127.0.0.1:${front.port}/`);
@@ -185,8 +190,8 @@ async function main(): Promise<void> {
     console.log(row('bext: cache in front of the proxy to that next start', res.get('bext')!, n, '≥ 15'));
     console.log(row('bare Fastify 5, the 2 KB page (reference)', res.get('fastify')!, n, '—'));
   } finally {
-    await front.stop();
-    await bare.stop();
+    await front?.stop();
+    await bare?.stop();
     await next.stop();
   }
 }
