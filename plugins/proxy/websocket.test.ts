@@ -1,5 +1,5 @@
 import http from 'node:http';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -17,6 +17,7 @@ function overlay(paths: string[]): string {
   const manifest = JSON.parse(readFileSync(join(PROXY_DIR, 'bext-plugin.json'), 'utf8')) as { routes: unknown[] };
   manifest.routes = [...manifest.routes, ...paths.map((path) => ({ path, methods: ['GET'] }))];
   const dir = mkdtempSync(join(tmpdir(), 'bext-proxy-ws-'));
+  cleanups.push(async () => rmSync(dir, { recursive: true, force: true }));
   writeFileSync(join(dir, 'bext-plugin.json'), JSON.stringify(manifest));
   writeFileSync(join(dir, 'index.ts'), `export { default } from ${JSON.stringify(join(PROXY_DIR, 'index.ts'))};\n`);
   return dir;
