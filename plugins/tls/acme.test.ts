@@ -40,25 +40,28 @@ async function startOcsp(port: number): Promise<http.Server> {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', async () => {
-      ocspQueries++;
+      const n = ++ocspQueries;
       const der = Buffer.concat(chunks);
       // OCSPRequest → TBSRequest → requestList → Request → CertID → serialNumber
       let t = readTlv(der, 0);
       for (let i = 0; i < 4; i++) t = children(der, t)[0]!;
       const serial = bytes(der, children(der, t)[3]!).toString('hex').toUpperCase().replace(/^00(?=[89A-F])/, '');
-      const inter = await pebble.intermediate();
-      writeFileSync(join(dir, 'inter.pem'), inter.cert);
-      writeFileSync(join(dir, 'inter-key.pem'), inter.key);
+      if (!existsSync(join(dir, 'inter-key.pem'))) {
+        const inter = await pebble.intermediate();
+        writeFileSync(join(dir, 'inter.pem'), inter.cert);
+        writeFileSync(join(dir, 'inter-key.pem'), inter.key);
+      }
       const line = revokedSerials.has(serial) ? `R\t491231235959Z\t250101000000Z\t${serial}\tunknown\t/CN=x\n` : `V\t491231235959Z\t\t${serial}\tunknown\t/CN=x\n`;
-      writeFileSync(join(dir, 'index.txt'), line);
-      writeFileSync(join(dir, 'req.der'), der);
-      const r = await run('openssl', ['ocsp', '-index', join(dir, 'index.txt'), '-CA', join(dir, 'inter.pem'), '-rsigner', join(dir, 'inter.pem'), '-rkey', join(dir, 'inter-key.pem'), '-reqin', join(dir, 'req.der'), '-respout', join(dir, 'resp.der'), '-ndays', '1']);
+      // Files per query: prefetches of several certificates arrive together.
+      writeFileSync(join(dir, `index-${n}.txt`), line);
+      writeFileSync(join(dir, `req-${n}.der`), der);
+      const r = await run('openssl', ['ocsp', '-index', join(dir, `index-${n}.txt`), '-CA', join(dir, 'inter.pem'), '-rsigner', join(dir, 'inter.pem'), '-rkey', join(dir, 'inter-key.pem'), '-reqin', join(dir, `req-${n}.der`), '-respout', join(dir, `resp-${n}.der`), '-ndays', '1']);
       if (r.code !== 0) {
         res.statusCode = 500;
         return res.end(r.out);
       }
       res.setHeader('content-type', 'application/ocsp-response');
-      res.end(readFileSync(join(dir, 'resp.der')));
+      res.end(readFileSync(join(dir, `resp-${n}.der`)));
     });
   });
   await new Promise<void>((r) => server.listen(port, '127.0.0.1', r));

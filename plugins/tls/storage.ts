@@ -156,6 +156,7 @@ export class RedisStorage implements Storage {
   #listeners: ((e: string) => void)[] = [];
   #onState: (up: boolean, detail: string) => void;
   #up = true;
+  #detail = '';
 
   constructor(url: string, prefix: string, onState: (up: boolean, detail: string) => void) {
     this.#prefix = prefix;
@@ -179,31 +180,52 @@ export class RedisStorage implements Storage {
   }
 
   #state(up: boolean, detail: string): void {
+    this.#detail = detail;
     if (up === this.#up) return;
     this.#up = up;
     this.#onState(up, detail);
   }
 
-  /** Resolves once the first connection is ready (or fails within the connect timeout). */
+  /** Resolves once the first connection is ready; rejects at its first failure. */
   async ready(): Promise<void> {
     if (this.#redis.status === 'ready') return;
-    await this.#redis.ping();
+    await new Promise<void>((resolve, reject) => {
+      const ok = () => {
+        this.#redis.off('error', bad);
+        resolve();
+      };
+      const bad = (e: Error) => {
+        this.#redis.off('ready', ok);
+        reject(e);
+      };
+      this.#redis.once('ready', ok);
+      this.#redis.once('error', bad);
+    });
   }
 
-  get(key: string): Promise<string | null> {
+  /** While Redis is known to be down, fail at once instead of queueing behind reconnects. */
+  #check(): void {
+    if (!this.#up) throw new Error(`certificate storage (Redis) is unreachable: ${this.#detail}`);
+  }
+
+  async get(key: string): Promise<string | null> {
+    this.#check();
     return this.#redis.get(this.#prefix + key);
   }
 
   async put(key: string, value: string, ttlSeconds?: number): Promise<void> {
+    this.#check();
     if (ttlSeconds) await this.#redis.set(this.#prefix + key, value, 'EX', Math.max(1, Math.ceil(ttlSeconds)));
     else await this.#redis.set(this.#prefix + key, value);
   }
 
   async del(key: string): Promise<void> {
+    this.#check();
     await this.#redis.del(this.#prefix + key);
   }
 
   async list(prefix: string): Promise<string[]> {
+    this.#check();
     const out: string[] = [];
     let cursor = '0';
     const match = `${this.#prefix}${prefix.replace(/[*?[\]\\]/g, '\\$&')}*`;
@@ -216,6 +238,7 @@ export class RedisStorage implements Storage {
   }
 
   async tryLock(name: string, ttlMs: number): Promise<Lock | null> {
+    this.#check();
     const key = `${this.#prefix}locks/${keyPart(name)}`;
     const token = randomBytes(12).toString('hex');
     const ok = await this.#redis.set(key, token, 'PX', ttlMs, 'NX');
@@ -229,6 +252,7 @@ export class RedisStorage implements Storage {
   }
 
   async publish(event: string): Promise<void> {
+    this.#check();
     await this.#redis.publish(this.#channel, event);
   }
 
@@ -238,7 +262,8 @@ export class RedisStorage implements Storage {
 
   async close(): Promise<void> {
     this.#listeners = [];
-    await Promise.allSettled([this.#redis.quit(), this.#sub?.quit()]);
+    // QUIT on a connection that is reconnecting would wait for it to come back.
+    if (this.#redis.status === 'ready') await this.#redis.quit().catch(() => undefined);
     this.#redis.disconnect();
     this.#sub?.disconnect();
   }

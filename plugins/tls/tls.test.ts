@@ -448,6 +448,83 @@ describe('on-demand certificates (local CA issuer)', () => {
   });
 });
 
+describe('failures and neighbours', () => {
+  it('staples nothing for a certificate that names no OCSP responder', async () => {
+    const site = tmpDir();
+    const b = await startBext({ siteDir: site, plugins: [{ dir: TLS }], config: { plugins: { tls: tlsConfig({ selfSigned: { names: ['localhost'] } }, site) } } });
+    try {
+      const h = await handshake(await tlsPort(b), { servername: 'localhost', requestOCSP: true });
+      expect(h.ocsp).toBeNull();
+      expect(await b.kernel.metrics.text()).not.toMatch(/bext_plugin_tls_ocsp_responses_total\{result="error"\}/);
+    } finally {
+      await b.close();
+    }
+  });
+
+  it('starts with Redis storage unreachable: file certificates serve, /health says degraded', async () => {
+    const site = tmpDir();
+    const ca = await LocalCa.open(join(site, 'ca'));
+    const c = await ca.issue(['file.test']);
+    writeFileSync(join(site, 'c.pem'), c.certPem);
+    writeFileSync(join(site, 'k.pem'), c.keyPem);
+    const dead = await freePort();
+    const b = await startBext({
+      siteDir: site,
+      plugins: ['health', { dir: TLS }],
+      config: { plugins: { health: { details: true }, tls: tlsConfig({ certificates: [{ cert: 'c.pem', key: 'k.pem' }], storage: { redisUrl: `redis://127.0.0.1:${dead}`, redisPrefix: 'bext:test:dead:' } }, site) } },
+    });
+    try {
+      expect((await handshake(await tlsPort(b), { servername: 'file.test' })).cert.subjectaltname).toBe('DNS:file.test');
+      const h = (await (await fetch(`${b.url}/health`)).json()) as { status: string; plugins: { name: string; state: string; detail?: string }[] };
+      expect(h.status).toBe('degraded');
+      const t = h.plugins.find((p) => p.name === 'tls')!;
+      expect(t.state).toBe('degraded');
+      expect(t.detail).toMatch(/certificate storage \(Redis\) unreachable/);
+    } finally {
+      await b.close();
+    }
+  });
+
+  it('carries the proxy plugin over HTTP/2: streamed answers and request bodies', async () => {
+    const upstream = http.createServer((req, res) => {
+      let body = '';
+      req.on('data', (d) => (body += d));
+      req.on('end', () => {
+        res.writeHead(200, { 'content-type': 'text/plain', 'x-up-method': req.method });
+        res.write(`method=${req.method} `);
+        setImmediate(() => res.end(`body=${body} path=${req.url}`));
+      });
+    });
+    await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+    const site = tmpDir();
+    const b = await startBext({
+      siteDir: site,
+      plugins: [{ dir: TLS }, 'proxy'],
+      config: { plugins: { tls: tlsConfig({ selfSigned: { names: ['localhost'] } }, site), proxy: { upstreams: { up: { members: [`http://127.0.0.1:${(upstream.address() as { port: number }).port}`] } }, routes: [{ upstream: 'up' }] } } },
+    });
+    const session = http2.connect(`https://127.0.0.1:${await tlsPort(b)}`, { servername: 'localhost', rejectUnauthorized: false });
+    try {
+      const get = await get2(0, '/a?b=1', { session });
+      expect(get.status).toBe(200);
+      expect(get.body).toBe('method=GET body= path=/a?b=1');
+      const post = await new Promise<string>((resolve, reject) => {
+        const st = session.request({ ':method': 'POST', ':path': '/p', 'content-type': 'text/plain' });
+        let d = '';
+        st.setEncoding('utf8');
+        st.on('data', (x) => (d += x));
+        st.on('end', () => resolve(d));
+        st.on('error', reject);
+        st.end('hello over h2');
+      });
+      expect(post).toBe('method=POST body=hello over h2 path=/p');
+    } finally {
+      session.close();
+      await b.close();
+      await new Promise<void>((r) => upstream.close(() => r()));
+    }
+  });
+});
+
 describe('shutdown', () => {
   it('sends GOAWAY to HTTP/2 sessions and lets their streams in flight finish', async () => {
     const site = tmpDir();
