@@ -130,6 +130,8 @@ export interface ResponseHead {
   headers: Headers;
   /** The whole body as text, only when declared in `needs` and the body is not streamed. */
   body?: string;
+  /** Trusted only: the byte length of a body held in memory, without decoding it (undefined when streamed). */
+  readonly bodyLength?: number;
 }
 
 /** onResponse: change the head, replace or transform the body. */
