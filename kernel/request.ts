@@ -41,6 +41,8 @@ export class BextRequest implements TrustedRequest {
   timings: import('../plugin-api/index.js').HookTiming[] | null = null;
   /** performance.now() at the start of the request. */
   t0 = 0;
+  /** Trailers the answer carries (trusted responses), written after the body. */
+  trailers: import('../plugin-api/index.js').Headers | Promise<import('../plugin-api/index.js').Headers> | undefined = undefined;
   /** The plugin set this request started on (kernel bookkeeping). */
   gen: unknown = null;
   /** The response, for early hints. */

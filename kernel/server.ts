@@ -653,6 +653,7 @@ export class Kernel {
 
   /** onResponse waterfall, then write. */
   #respond(req: BextRequest, group: CompiledGroup, out: ServerResponse, res: ResponseData, t0: number): void {
+    if (res.trailers !== undefined) req.trailers = res.trailers;
     let headers: Headers = res.headers ?? {};
     if (req.responseHeaders) headers = { ...req.responseHeaders, ...headers };
     const chain = group.onResponse;
@@ -701,6 +702,8 @@ export class Kernel {
     if (dec.removeHeaders) for (const h of dec.removeHeaders) delete view.headers[h.toLowerCase()];
     if (dec.setHeaders) for (const k in dec.setHeaders) view.headers[k.toLowerCase()] = dec.setHeaders[k]!;
     if (dec.body !== undefined) {
+      // A streamed body that is replaced is never read: let its source go.
+      if (view.raw instanceof Readable && view.raw !== dec.body) view.raw.destroy();
       view.raw = dec.body;
       delete view.headers['content-length'];
     } else if (typeof dec.bodyBase64 === 'string') {
@@ -721,15 +724,16 @@ export class Kernel {
         if (v !== undefined) out.setHeader(k, v);
       }
       let stream: Readable | null = null;
+      const plain = !transforms?.length && req.trailers === undefined;
       if (body === undefined || body === null) {
-        if (!transforms?.length) {
+        if (plain) {
           if (!out.hasHeader('content-length') && status !== 204 && status !== 304) out.setHeader('content-length', 0);
           out.end();
           return this.#done(req, group, status, t0);
         }
         stream = Readable.from([]);
       } else if (typeof body === 'string' || body instanceof Uint8Array) {
-        if (!transforms?.length) {
+        if (plain) {
           if (!out.hasHeader('content-type') && typeof body === 'string') out.setHeader('content-type', 'text/plain; charset=utf-8');
           out.setHeader('content-length', typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength);
           out.end(body);
@@ -776,7 +780,24 @@ export class Kernel {
       if (!stream.destroyed) stream.destroy();
       this.#done(req, group, status, t0);
     });
-    stream.pipe(out);
+    const trailers = req.trailers;
+    if (trailers === undefined) {
+      stream.pipe(out);
+      return;
+    }
+    // Trailers go after the last chunk: HTTP/2 always carries them; HTTP/1.1
+    // only in a chunked body to a client that said `TE: trailers`.
+    const canTrail = req.httpVersion >= '2' || (!out.hasHeader('content-length') && /\btrailers\b/i.test(String(req.headers.te ?? '')));
+    stream.pipe(out, { end: false });
+    stream.once('end', () => {
+      Promise.resolve(trailers).then(
+        (t) => {
+          if (canTrail && t && !out.destroyed) out.addTrailers(t as Record<string, string>);
+          out.end();
+        },
+        () => out.end(),
+      );
+    });
   }
 
   #done(req: BextRequest, group: CompiledGroup, status: number, t0: number): void {
@@ -855,7 +876,22 @@ export class Kernel {
         if (r) return reject(r);
       }
       const found = group.router.find(req.method as 'GET', req.path);
-      if (!found) return reject(errorResponse(NOT_FOUND));
+      if (!found) {
+        // No claimed route: trusted onRender hooks may take the upgrade (config-driven routes, e.g. a proxy).
+        for (const e of group.onRender ?? []) {
+          if (e.plugin.sandbox !== 'trusted') continue;
+          if (e.match !== null && !e.match(req.method, req.path, req.host)) continue;
+          const d = (await e.plugin.call('onRender', e.fn, req, () => Promise.resolve(errorResponse(NOT_FOUND)))) as unknown;
+          if (isFailure(d)) return reject(errorResponse(d.error));
+          if (!d || (d as { action?: string }).action === 'next') continue;
+          if ((d as { action?: string }).action === 'upgrade' && typeof (d as { upgrade?: unknown }).upgrade === 'function') {
+            (d as Extract<RouteDecision, { action: 'upgrade' }>).upgrade(raw, socket, head);
+            return;
+          }
+          return reject(typeof (d as ResponseData).status === 'number' ? (d as ResponseData) : errorResponse(NOT_FOUND));
+        }
+        return reject(errorResponse(NOT_FOUND));
+      }
       const store = found.store as RouteStore;
       if (store.admin && !this.#adminAllowed(req)) return reject(errorResponse(new BextError('BEXT_ERR_ADMIN_FORBIDDEN', `${req.path} is an admin route`)));
       req.route = store.pattern;

@@ -77,6 +77,12 @@ export interface ResponseData {
    * `body` is set.
    */
   bodyBase64?: string;
+  /**
+   * Trusted only: trailers sent after a streamed body (gRPC status, say).
+   * Always on HTTP/2; on HTTP/1.1 only when chunked and the client sent
+   * `TE: trailers`.
+   */
+  trailers?: Headers | Promise<Headers>;
 }
 
 /** What an onConnect hook receives. */
@@ -121,8 +127,18 @@ export type RouteDecision =
       upgrade(raw: import('node:http').IncomingMessage, socket: import('node:stream').Duplex, head: Buffer): void;
     };
 
-/** onRender: answer, or `{ action: 'next' }` to let the inner render answer. */
-export type RenderDecision = ResponseData | { action: 'next' } | undefined | void;
+/**
+ * onRender: answer, or `{ action: 'next' }` to let the inner render answer.
+ * For an HTTP upgrade request on a path no plugin claimed, a trusted hook may
+ * take over the connection with `{ action: 'upgrade' }` (config-driven
+ * routes such as a proxy's).
+ */
+export type RenderDecision =
+  | ResponseData
+  | { action: 'next' }
+  | { action: 'upgrade'; upgrade(raw: import('node:http').IncomingMessage, socket: import('node:stream').Duplex, head: Buffer): void }
+  | undefined
+  | void;
 
 /** What an onResponse hook receives about the response. */
 export interface ResponseHead {

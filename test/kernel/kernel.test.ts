@@ -390,3 +390,69 @@ export default (host) => {
     void b;
   });
 });
+
+describe('trailers and render-level upgrades', () => {
+  it('sends trailers after a streamed body over HTTP/2, and over HTTP/1.1 when the client accepts them', async () => {
+    const t = plugin('trailing', { routes: [{ path: '/t' }] }, `
+import http2 from 'node:http2';
+import { Readable } from 'node:stream';
+globalThis.__h2t = null;
+export default (host) => {
+  const server = http2.createServer((req, res) => host.kernel.handle(req, res));
+  server.listen(0, '127.0.0.1', () => { globalThis.__h2t = server.address().port; });
+  return {
+    onRoute() { return { status: 200, headers: { 'content-type': 'text/plain' }, body: Readable.from(['a', 'b']), trailers: Promise.resolve({ 'grpc-status': '0', 'x-sum': 'ab' }) }; },
+    dispose() { server.close(); },
+  };
+};`);
+    const b = await start({ plugins: [t] });
+    const g = globalThis as unknown as { __h2t: number | null };
+    await until(() => g.__h2t !== null);
+    const http2 = await import('node:http2');
+    const client = http2.connect(`http://127.0.0.1:${g.__h2t}`);
+    const got = await new Promise<{ body: string; trailers: Record<string, unknown> }>((resolve, reject) => {
+      const r = client.request({ ':path': '/t' });
+      let body = '';
+      let trailers: Record<string, unknown> = {};
+      r.on('trailers', (h) => (trailers = h));
+      r.on('data', (c) => (body += c));
+      r.on('end', () => resolve({ body, trailers }));
+      r.on('error', reject);
+    });
+    client.close();
+    expect(got.body).toBe('ab');
+    expect(got.trailers).toMatchObject({ 'grpc-status': '0', 'x-sum': 'ab' });
+    const net = await import('node:net');
+    const raw = await new Promise<string>((resolve) => {
+      const s = net.connect(b.port, '127.0.0.1', () => s.write('GET /t HTTP/1.1\r\nhost: x\r\nte: trailers\r\nconnection: close\r\n\r\n'));
+      let d = '';
+      s.on('data', (c) => (d += c));
+      s.on('end', () => resolve(d));
+    });
+    expect(raw).toMatch(/transfer-encoding: chunked/i);
+    expect(raw).toMatch(/0\r\ngrpc-status: 0\r\nx-sum: ab\r\n\r\n$/i);
+  });
+
+  it('a trusted onRender hook may take an upgrade on a path no plugin claimed', async () => {
+    const p = plugin('render-ws', { hooks: { onRender: { priority: 40 } } }, `
+import { WebSocketServer } from 'ws';
+const wss = new WebSocketServer({ noServer: true });
+export default () => ({
+  onRender(req, next) {
+    if (req.path === '/live' && req.headers.upgrade === 'websocket') {
+      return { action: 'upgrade', upgrade(raw, socket, head) { wss.handleUpgrade(raw, socket, head, (c) => c.send('hello over ' + req.path)); } };
+    }
+    return next();
+  },
+  dispose() { wss.close(); },
+});`);
+    const b = await start({ plugins: [p] });
+    const { WebSocket } = await import('ws');
+    const c = new WebSocket(`ws://127.0.0.1:${b.port}/live`);
+    const [msg] = await new Promise<unknown[]>((r, j) => c.once('message', (...a) => r(a)).once('error', j));
+    expect(String(msg)).toBe('hello over /live');
+    c.close();
+    const other = new WebSocket(`ws://127.0.0.1:${b.port}/elsewhere`);
+    expect(await new Promise<number>((r) => other.once('unexpected-response', (_q, res) => r(res.statusCode ?? 0)).once('error', () => r(-1)))).toBe(404);
+  });
+});
