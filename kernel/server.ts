@@ -867,7 +867,10 @@ export class Kernel {
     const { req, group } = this.#makeRequest(raw);
     const reject = (res: ResponseData) => {
       const body = typeof res.body === 'string' || res.body instanceof Uint8Array ? Buffer.from(res.body as string) : Buffer.alloc(0);
-      const hs = Object.entries(res.headers ?? {}).map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(', ') : v}`).join('\r\n');
+      const hs = Object.entries(res.headers ?? {})
+        .filter(([k]) => !/^(content-length|connection|transfer-encoding)$/i.test(k))
+        .map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(', ') : v}`)
+        .join('\r\n');
       socket.end(`HTTP/1.1 ${res.status} ${http.STATUS_CODES[res.status] ?? ''}\r\nconnection: close\r\ncontent-length: ${body.length}\r\n${hs ? `${hs}\r\n` : ''}\r\n${body}`);
     };
     const go = async () => {

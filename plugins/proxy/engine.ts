@@ -22,7 +22,8 @@ import { Upstream, type Member, type ProxyEvent } from './upstream.js';
 import { connectTo, handshake, join, type Tunnel } from './websocket.js';
 
 /** A ResponseData that may carry HTTP/2 trailers for a listener that can send them. */
-export type ProxiedResponse = ResponseData & { trailers?: Promise<Record<string, string | string[]>> };
+/** A proxied answer; `trailers` (from ResponseData) carries gRPC status and the like. */
+export type ProxiedResponse = ResponseData;
 
 export interface EngineHooks {
   onEvent(e: ProxyEvent): void;

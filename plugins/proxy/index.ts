@@ -6,11 +6,12 @@
  * which wraps the renderers from further out, store upstream responses as it
  * stores rendered pages.
  *
- * onRoute serves the admin snapshot `/__bext/proxy`, and proxies requests —
- * WebSocket upgrades included — on any route a manifest overlay claims,
- * because the kernel hands upgrades only to claimed routes.
+ * WebSocket upgrades on configured routes come through onRender too (the
+ * kernel offers upgrades on unclaimed paths to trusted onRender hooks).
+ * onRoute serves the admin snapshot `/__bext/proxy`, and proxies requests on
+ * any route a manifest overlay claims.
  */
-import { definePlugin, type ResponseData, type TrustedRequest } from '../../plugin-api/index.js';
+import { definePlugin, type RenderDecision, type ResponseData, type TrustedRequest } from '../../plugin-api/index.js';
 import type { ProxyConfig } from './config.js';
 import { ProxyEngine } from './engine.js';
 import type { ProxyEvent } from './upstream.js';
@@ -107,7 +108,13 @@ export default definePlugin((host) => {
     onRender(req) {
       if (held !== null) release();
       const route = engine.match(req.method, req.path, req.host);
-      return route === null ? undefined : engine.handle(req, route);
+      if (route === null) return undefined;
+      // The kernel offers upgrades on unclaimed paths to trusted onRender hooks.
+      if (isUpgrade(req)) {
+        if (!route.websocket) return json(400, { error: 'BEXT_ERR_NOT_FOUND', message: `proxy route ${route.index} does not allow upgrades` });
+        return engine.upgrade(req, route) as RenderDecision;
+      }
+      return engine.handle(req, route);
     },
 
     onRoute(req) {

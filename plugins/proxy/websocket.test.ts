@@ -191,11 +191,14 @@ describe('WebSocket proxying', () => {
     expect(good.opened).toBe(3);
   });
 
-  it('without a claimed route, an upgrade is refused by the kernel (and plain requests still proxy)', async () => {
+  it('without a claimed route, the upgrade is taken by the proxy\'s onRender (and plain requests still proxy)', async () => {
     const echo = await echoServer();
     cleanups.push(() => echo.close());
     const p = await setup([echo.url]);
-    await expect(open(`${p.url.replace('http', 'ws')}/ws/x`)).rejects.toThrow('status 404');
+    const ws = await open(`${p.url.replace('http', 'ws')}/ws/x`);
+    ws.send('over render');
+    expect(await nextMessage(ws)).toContain('over render');
+    ws.close();
     expect(await (await fetch(`${p.url}/ws/plain`)).text()).toBe('plain');
   });
 });
