@@ -159,7 +159,7 @@ export default definePlugin(async (host: HostApi) => {
   /** Pages in `static` mode, rendered once per build. */
   const staticPages = new LRUCache<string, { build: string; res: ResponseData }>({
     maxSize: cfg.staticBytes,
-    sizeCalculation: (v) => (typeof v.res.body === 'string' ? v.res.body.length : 0) + 512,
+    sizeCalculation: (v) => (v.res.body instanceof Uint8Array ? v.res.body.byteLength : 0) + 512,
   });
   let swapping: Promise<unknown> = Promise.resolve();
 
@@ -343,13 +343,13 @@ export default definePlugin(async (host: HostApi) => {
       return errorResponse(err, req);
     }
     count('ok');
-    metric('render_seconds', (performance.now() - t0) / 1000, { kind: typeof r.body === 'string' ? 'page' : 'stream' }, 'histogram');
+    metric('render_seconds', (performance.now() - t0) / 1000, { kind: r.body instanceof Readable ? 'stream' : 'page' }, 'histogram');
     if (r.links.length) {
       const prev = hints.get(pattern);
       if (!prev || prev.build !== a.manifest.buildId || prev.links.join() !== r.links.join()) hints.set(pattern, { build: a.manifest.buildId, links: r.links });
     }
     const res = toResponse(r, req);
-    if (staticKey && r.status === 200 && typeof r.body === 'string' && pool.build === a.manifest.buildId) staticPages.set(staticKey, { build: a.manifest.buildId, res });
+    if (staticKey && r.status === 200 && !(r.body instanceof Readable) && pool.build === a.manifest.buildId) staticPages.set(staticKey, { build: a.manifest.buildId, res });
     return res;
   }
 

@@ -53,11 +53,11 @@ export type PoolEvent =
   | { type: 'stats'; worker: number; stats: WorkerStats }
   | { type: 'error'; worker: number; build: string; what: string; stack: string };
 
-/** A finished render. `body` is a stream for streamed pages. */
+/** A finished render: UTF-8 bytes, or a stream for streamed pages. */
 export interface RenderResult {
   status: number;
   headers: Record<string, string>;
-  body: string | Readable;
+  body: Buffer | Readable;
   links: string[];
 }
 
@@ -329,7 +329,7 @@ export class RenderPool {
         const j = slot.inflight.get(m.id);
         if (!j) return;
         this.#finish(slot, j);
-        j.resolve({ status: m.status, headers: m.headers, body: m.body, links: m.links });
+        j.resolve({ status: m.status, headers: m.headers, body: Buffer.from(m.body.buffer, m.body.byteOffset, m.body.byteLength), links: m.links });
         this.#after(slot);
         return;
       }

@@ -61,7 +61,8 @@ export interface DoneMessage {
   id: number;
   status: number;
   headers: Record<string, string>;
-  body: string;
+  /** UTF-8, encoded in the worker and transferred (the main thread neither copies nor transcodes it). */
+  body: Uint8Array;
   /** Link values for Early Hints found in the page's head. */
   links: string[];
 }

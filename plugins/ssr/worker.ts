@@ -141,8 +141,12 @@ export function startWorker(site: SiteBundle): void {
     const f = e instanceof RenderFailure ? e : new RenderFailure(500, e instanceof Error ? (e.stack ?? e.message) : String(e));
     post({ t: 'fail', id, status: f.status, code: f.status === 404 ? 'BEXT_ERR_NOT_FOUND' : 'BEXT_ERR_SSR_RENDER', message: f.detail });
   };
+  const encoder = new TextEncoder();
   const done = (id: number, a: Answer) => {
-    if (!aborted.delete(id)) post({ t: 'done', id, ...a });
+    if (aborted.delete(id)) return;
+    // TextEncoder gives the bytes their own ArrayBuffer, so transferring it detaches nothing else.
+    const body = encoder.encode(a.body);
+    port.postMessage({ t: 'done', id, status: a.status, headers: a.headers, body, links: a.links } satisfies FromWorker, [body.buffer as ArrayBuffer]);
   };
 
   async function page(m: Extract<ToWorker, { t: 'page' }>): Promise<void> {
