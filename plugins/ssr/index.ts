@@ -88,6 +88,17 @@ function errorResponse(e: BextError, req: TrustedRequest): ResponseData {
   return json(e.status, e.toJSON(), extra);
 }
 
+/** The `outcome` label of a failed render. */
+function outcomeOf(e: BextError): string {
+  switch (e.code) {
+    case 'BEXT_ERR_SSR_TIMEOUT': return 'timeout';
+    case 'BEXT_ERR_SSR_CRASHED': return 'crashed';
+    case 'BEXT_ERR_SSR_OVERLOADED': return 'overloaded';
+    case 'BEXT_ERR_SHUTDOWN': return 'shutdown';
+    default: return 'error';
+  }
+}
+
 function asBextError(e: unknown): BextError {
   if (e instanceof BextError) return e;
   return new BextError('BEXT_ERR_SSR_RENDER', String((e as Error)?.message ?? e));
@@ -339,7 +350,7 @@ export default definePlugin(async (host: HostApi) => {
       r = await pool.render({ t: 'page', route: index, stream: stream ?? settings?.stream ?? false, method: req.method, path, query: req.query, params: m?.params ?? {}, headers: forwarded(req) });
     } catch (e) {
       const err = asBextError(e);
-      count(err.code === 'BEXT_ERR_SSR_RENDER' ? 'error' : err.code.replace('BEXT_ERR_SSR_', '').toLowerCase());
+      count(outcomeOf(err));
       return errorResponse(err, req);
     }
     count('ok');
@@ -371,7 +382,7 @@ export default definePlugin(async (host: HostApi) => {
       return toResponse(r, req);
     } catch (e) {
       const err = asBextError(e);
-      count(err.code === 'BEXT_ERR_SSR_RENDER' ? 'error' : err.code.replace('BEXT_ERR_SSR_', '').toLowerCase());
+      count(outcomeOf(err));
       return errorResponse(err, req);
     }
   }
