@@ -22,8 +22,6 @@ export interface Storage {
   get(key: string): Promise<string | null>;
   put(key: string, value: string, ttlSeconds?: number): Promise<void>;
   del(key: string): Promise<void>;
-  /** Keys under a prefix (`certs/`). */
-  list(prefix: string): Promise<string[]>;
   /** Takes the lock if free (or expired); null when another holder has it. */
   tryLock(name: string, ttlMs: number): Promise<Lock | null>;
   /** Tells other instances something changed (`cert <id>`); local no-op on disk. */
@@ -81,17 +79,6 @@ export class DiskStorage implements Storage {
 
   async del(key: string): Promise<void> {
     await fsp.rm(this.#path(key), { force: true });
-  }
-
-  async list(prefix: string): Promise<string[]> {
-    try {
-      const dir = prefix.endsWith('/') ? prefix.slice(0, -1) : dirname(prefix);
-      const names = await fsp.readdir(this.#path(dir));
-      return names.filter((n) => !n.endsWith('.tmp')).map((n) => `${dir}/${n}`).filter((k) => k.startsWith(prefix));
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
-      throw e;
-    }
   }
 
   async tryLock(name: string, ttlMs: number): Promise<Lock | null> {
@@ -222,19 +209,6 @@ export class RedisStorage implements Storage {
   async del(key: string): Promise<void> {
     this.#check();
     await this.#redis.del(this.#prefix + key);
-  }
-
-  async list(prefix: string): Promise<string[]> {
-    this.#check();
-    const out: string[] = [];
-    let cursor = '0';
-    const match = `${this.#prefix}${prefix.replace(/[*?[\]\\]/g, '\\$&')}*`;
-    do {
-      const [next, keys] = await this.#redis.scan(cursor, 'MATCH', match, 'COUNT', 200);
-      cursor = next;
-      for (const k of keys) out.push(k.slice(this.#prefix.length));
-    } while (cursor !== '0');
-    return out;
   }
 
   async tryLock(name: string, ttlMs: number): Promise<Lock | null> {

@@ -11,7 +11,6 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
-import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { startBext, type Bext } from '../../sdk/harness.js';
@@ -566,7 +565,6 @@ describe('config checks', () => {
       const port = await tlsPort(b);
       await expect(handshake(port, { servername: 'localhost', minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'DEFAULT:@SECLEVEL=0' })).rejects.toThrow();
       await until(async () => /bext_plugin_tls_handshake_errors_total\{code="[A-Z_]+"\} [1-9]/.test(await b.kernel.metrics.text()), 5000, 'error counted');
-      void tls;
     } finally {
       await b.close();
     }
