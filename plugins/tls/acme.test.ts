@@ -222,6 +222,15 @@ describe.sequential('ACME with Pebble', () => {
     expect(text).toMatch(/bext_plugin_tls_acme_orders_total\{result="valid"\} 1/);
     expect(text).toMatch(/bext_plugin_tls_on_demand_total\{result="issued"\} 1/);
     expect(text).toMatch(/bext_plugin_tls_on_demand_total\{result="denied"\} 1/);
+    // Revoked without replacement: no longer managed; the next handshake orders it on demand again.
+    const r = await fetch(`${b.adminUrl}/__bext/tls/revoke`, { method: 'POST', body: JSON.stringify({ id: 'shop.od.test', replace: false }) });
+    expect(r.status).toBe(200);
+    const { revoked } = (await r.json()) as { revoked: string };
+    expect(await pebble.certStatus(revoked)).toBe('Revoked');
+    expect((await status(b)).certificates.map((c) => c.id)).toEqual(['site.test']);
+    const again = await handshake(port, { servername: 'shop.od.test' });
+    expect(again.cert.subjectaltname).toBe('DNS:shop.od.test');
+    expect(again.cert.serialNumber).not.toBe(revoked);
     await b.close();
   });
 });

@@ -243,6 +243,8 @@ export default definePlugin(async (host) => {
     if (!m.record) {
       policy!.failed(name);
       manager!.drop(name);
+      // A name that failed on demand is the client's problem, not the server's health.
+      health();
       metric('on_demand_total', 1, { result: 'failed' });
       return null;
     }
@@ -533,7 +535,7 @@ export default definePlugin(async (host) => {
   const pick = (req: TrustedRequest, body: Record<string, unknown>, k: string): string | null => {
     const q = new URLSearchParams(req.query).get(k);
     const v = body[k];
-    return q ?? (typeof v === 'string' ? v : typeof v === 'number' ? String(v) : null);
+    return q ?? (typeof v === 'string' ? v : typeof v === 'number' || typeof v === 'boolean' ? String(v) : null);
   };
 
   const onRoute = async (req: TrustedRequest): Promise<ResponseData> => {

@@ -287,9 +287,11 @@ export class Manager {
     await this.#o.storage.publish(`cert ${m.id}`).catch(() => undefined);
     if (replace && this.certs.has(m.id)) await this.obtain(m, 'revoked');
     else {
+      // Not replaced: stop managing it, or the renewal loop would order it again.
       m.record = null;
       m.info = null;
-      this.#o.onRemove(m);
+      this.drop(m.id);
+      this.#o.onHealth();
     }
     return { revoked: serial };
   }

@@ -11,6 +11,8 @@ import { validName, type TlsConfig } from './config.js';
 
 type Cfg = NonNullable<TlsConfig['onDemand']>;
 
+const MAX_ASKING = 32;
+
 export type Verdict = { ok: true } | { ok: false; reason: 'invalid' | 'denied' | 'backoff' | 'rate' | 'limit' | 'ask_failed' };
 
 export class OnDemandPolicy {
@@ -38,6 +40,8 @@ export class OnDemandPolicy {
     if (cached && cached.until > Date.now()) return cached.ok ? { ok: true } : { ok: false, reason: 'denied' };
     let p = this.#asking.get(name);
     if (!p) {
+      // Each invented name would cost the ask service a request: bound how many are in flight.
+      if (this.#asking.size >= MAX_ASKING) return { ok: false, reason: 'rate' };
       p = this.#ask(name).finally(() => this.#asking.delete(name));
       this.#asking.set(name, p);
     }
