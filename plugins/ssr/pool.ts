@@ -92,6 +92,8 @@ interface Slot {
   maxUptimeMs: number;
   exiting: boolean;
   probe: { seq: number; timer: NodeJS.Timeout } | null;
+  /** Started to replace a rotating worker: if it dies before it is ready, the old one simply stays. */
+  successor: boolean;
   lastError?: string;
   onReady: { resolve: () => void; reject: (e: Error) => void } | null;
 }
@@ -288,6 +290,7 @@ export class RenderPool {
       maxUptimeMs: jitter(cfg.rotation.maxUptimeMs),
       exiting: false,
       probe: null,
+      successor: false,
       onReady: null,
     };
     gen.slots.add(slot);
@@ -478,7 +481,8 @@ export class RenderPool {
     this.#rotating = slot;
     this.totals.rotations++;
     this.#emit({ type: 'rotate', worker: slot.id, build: slot.gen.build, reason });
-    const { ready } = this.#spawn(slot.gen);
+    const { slot: next, ready } = this.#spawn(slot.gen);
+    next.successor = true;
     ready.then(
       () => {
         this.#rotating = null;
@@ -530,13 +534,15 @@ export class RenderPool {
   #onExit(slot: Slot, code: number): void {
     const gen = slot.gen;
     const expected = slot.exiting;
-    const wasStarting = slot.state === 'starting';
     slot.state = 'dead';
     gen.slots.delete(slot);
     if (slot.probe) clearTimeout(slot.probe.timer);
     if (this.#rotating === slot) this.#rotating = null;
     if (gen.retired && gen.slots.size === 0) this.#old.delete(gen);
-    if (expected && !wasStarting) {
+    if (expected) {
+      // Stopped on purpose (drained, retired, or a generation whose swap was refused).
+      slot.onReady?.reject(new Error('stopped before it was ready'));
+      slot.onReady = null;
       this.#emit({ type: 'retired', worker: slot.id, build: gen.build });
       this.#pump();
       return;
@@ -550,7 +556,7 @@ export class RenderPool {
     if (slot.readyAt && Date.now() - slot.readyAt > 10_000) gen.crashes = 0;
     gen.crashes++;
     let restartInMs: number | null = null;
-    if (!this.#closed && !gen.retired && !expected) {
+    if (!this.#closed && !gen.retired && !(slot.successor && !slot.readyAt)) {
       const b = this.#cfg.backoff;
       restartInMs = Math.min(b.maxMs, b.initialMs * 2 ** (gen.crashes - 1));
       const t = setTimeout(() => {

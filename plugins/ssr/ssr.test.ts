@@ -120,6 +120,15 @@ export function load({ query }: PageContext) { return { n: Number(query.n ?? 10)
 export default function M({ data }: PageProps<typeof load>) {
   return <table><tbody>{Array.from({ length: data.n }, (_, i) => <Nested key={i} i={i} />)}<tr><Cell i={1} label={'\\u0001 stray'} /></tr></tbody></table>;
 }`,
+    'pages/rows.tsx': `
+import { memo, type PageContext, type PageProps } from 'bext/ssr';
+function Row({ i }: { i: number }) { return <tr><td>{i}</td><td>{'row ' + i}</td></tr>; }
+const MemoRow = memo(Row);
+const Block = memo(function Block({ n }: { n: number }) { return <tbody>{Array.from({ length: n }, (_, i) => <MemoRow key={i} i={i} />)}</tbody>; });
+export function load({ query }: PageContext) { return { memo: query.memo === '1', n: Number(query.n ?? 5) }; }
+export default function Rows({ data }: PageProps<typeof load>) {
+  return <table>{data.memo ? <Block n={data.n} /> : <tbody>{Array.from({ length: data.n }, (_, i) => <Row key={i} i={i} />)}</tbody>}</table>;
+}`,
     'pages/stream.tsx': `
 import { Suspense, use } from 'react';
 import type { PageContext, PageProps } from 'bext/ssr';
@@ -292,6 +301,13 @@ describe('serving a site', () => {
     expect(first.body).toContain('<tr><td class="c2">n<!-- --> &amp; <!-- -->2</td><td>&lt;2&gt;</td></tr>');
     expect(first.body).toContain(`${MARK} stray`);
     expect(first.body.split(MARK).length).toBe(2);
+    // Memoised or not, the HTML is the same: marks and the separators React put beside them leave no trace.
+    const plain = await get(`${b.url}/rows?n=40`);
+    for (const n of [40, 40, 60, 40]) {
+      const memoised = await get(`${b.url}/rows?n=${n}&memo=1`);
+      if (n === 40) expect(memoised.body).toBe(plain.body);
+      else expect(memoised.body).toBe((await get(`${b.url}/rows?n=60`)).body);
+    }
     for (let i = 0; i < 6; i++) await get(`${b.url}/memo?n=30`);
     await until(async () => ((await stats(b)).memo.Nested?.hit ?? 0) >= 30, 5000, 'memo hits reported');
     const s = await stats(b);

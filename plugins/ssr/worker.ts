@@ -39,6 +39,8 @@ class Memo {
   }
 }
 
+const SEP = '<!-- -->';
+
 /**
  * Replaces memo marks in rendered HTML: a hit mark becomes the stored HTML;
  * the HTML between a start and an end mark is stored. Works on a stream of
@@ -72,14 +74,15 @@ export class Splicer {
         else this.#tail = s.slice(a);
         break;
       }
-      out += this.#emit(s.slice(pos, a));
       const body = s.slice(a + 1, b);
       if (!body.startsWith(nonce)) {
         // A stray U+0001 in the content: keep it, look for marks after it.
-        out += this.#emit(MARK);
+        out += this.#emit(s.slice(pos, a + 1));
         pos = a + 1;
         continue;
       }
+      // React separates adjacent text nodes with `<!-- -->`; next to a mark (a text node of ours) it is noise.
+      out += this.#emit(s.endsWith(SEP, a) && a - SEP.length >= pos ? s.slice(pos, a - SEP.length) : s.slice(pos, a));
       const kind = body.charCodeAt(nonce.length);
       const i = Number(body.slice(nonce.length + 1));
       const slot = this.table.slots[i];
@@ -89,10 +92,9 @@ export class Splicer {
         const o = this.#open.pop();
         if (o && o.i === i && slot?.key) this.memo.set(slot.key, o.parts.join(''));
       }
-      pos = b + 1;
+      pos = s.startsWith(SEP, b + 1) ? b + 1 + SEP.length : b + 1;
     }
-    s = out;
-    return s;
+    return out;
   }
 
   end(): string {
