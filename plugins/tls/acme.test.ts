@@ -87,8 +87,14 @@ interface Status {
   pending: { id: string; lastError: string | null }[];
 }
 
+/** The plugin's status once its listeners are bound (they bind when the kernel starts serving). */
 async function status(b: Bext): Promise<Status> {
-  return (await (await fetch(`${b.adminUrl}/__bext/tls/status`)).json()) as Status;
+  let st: Status | null = null;
+  await until(async () => {
+    st = (await (await fetch(`${b.adminUrl}/__bext/tls/status`)).json()) as Status;
+    return st.listeners.length > 0;
+  }, 5000, 'tls listeners bound');
+  return st!;
 }
 
 async function waitCert(b: Bext, id: string, not?: string): Promise<Status['certificates'][number]> {

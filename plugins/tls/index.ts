@@ -315,14 +315,6 @@ export default definePlugin(async (host) => {
     manager?.close();
   };
   await listeners.init();
-  const ports: { port: number; host: string; http2: boolean }[] = [];
-  try {
-    for (const l of cfg.listeners) ports.push({ port: await listeners.listenTls(l.port, l.host, l.http2), host: l.host, http2: l.http2 });
-  } catch (e) {
-    await listeners.destroy();
-    throw new BextError('BEXT_ERR_PLUGIN_LOAD', `tls listener could not listen: ${(e as Error).message}`, { hint: 'pick a free port in plugins.tls.listeners (ports below 1024 need privileges)', cause: e });
-  }
-  const h2cPort = cfg.h2c ? await listeners.listenH2c(cfg.h2c.port, cfg.h2c.host) : null;
   const applyDefault = () => {
     const d = store.default();
     if (!d) return;
@@ -330,7 +322,43 @@ export default definePlugin(async (host) => {
   };
   store.onDefaultChange = applyDefault;
   applyDefault();
-  log('info', 'tls listening', { listeners: ports, h2c: h2cPort, certificates: store.size });
+
+  // Ports are bound once the kernel serves, not at load: `bext config check` and
+  // `bext routes` load plugins without serving, maybe beside a running server.
+  // A port still held (a previous process draining) is retried with backoff.
+  const ports: { port: number; host: string; http2: boolean }[] = [];
+  let h2cPort: number | null = null;
+  const bind = async (what: string, fn: () => Promise<number>): Promise<number | null> => {
+    for (let attempt = 0; !stopped; attempt++) {
+      try {
+        const p = await fn();
+        problems.delete(what);
+        health();
+        return p;
+      } catch (e) {
+        const err = e as NodeJS.ErrnoException;
+        if (attempt === 0 || !problems.has(what)) {
+          log('error', 'tls listener could not listen; retrying', { listener: what, error: err.message, hint: err.code === 'EACCES' ? 'ports below 1024 need root or CAP_NET_BIND_SERVICE' : 'another process holds the port' });
+        }
+        problems.set(what, `tls listener ${what} cannot listen: ${err.code ?? err.message}`);
+        health();
+        await new Promise<void>((r) => {
+          const t = setTimeout(r, Math.min(30_000, 250 * 2 ** attempt));
+          t.unref();
+          timers.push(t);
+        });
+      }
+    }
+    return null;
+  };
+  const bound = kernelReady.then(async () => {
+    await Promise.all(cfg.listeners.map(async (l) => {
+      const p = await bind(`${l.host}:${l.port}`, () => listeners.listenTls(l.port, l.host, l.http2));
+      if (p !== null) ports.push({ port: p, host: l.host, http2: l.http2 });
+    }));
+    if (cfg.h2c) h2cPort = await bind(`h2c ${cfg.h2c.host}:${cfg.h2c.port}`, () => listeners.listenH2c(cfg.h2c!.port, cfg.h2c!.host));
+    if (!stopped) log('info', 'tls listening', { listeners: ports, h2c: h2cPort, certificates: store.size });
+  });
 
   // -------------------------------------------------- session ticket keys
   const rotateMs = cfg.tls.ticketKeyRotationHours * 3600_000;
@@ -381,7 +409,7 @@ export default definePlugin(async (host) => {
   }
 
   void listeners.whenReady().then(markReady);
-  void kernelReady.then(async () => {
+  void bound.then(async () => {
     if (stopped) return;
     await Promise.all(acmeManaged.map((m) => manager!.ensure(m)));
     health();
@@ -436,7 +464,7 @@ export default definePlugin(async (host) => {
   const redirect = cfg.redirect;
   const redirectPorts = new Set(redirect?.ports ?? []);
   const redirectExempt = (redirect?.exemptPaths ?? []).map(globToRegExp);
-  const httpsPort = redirect?.httpsPort ?? ports[0]?.port ?? 443;
+  const httpsPort = () => redirect?.httpsPort ?? ports[0]?.port ?? cfg.listeners[0]?.port ?? 443;
 
   const hintRules = Object.entries(cfg.earlyHints.paths).map(([glob, links]) => ({ re: globToRegExp(glob), hints: { link: links } }));
   const learned = new Map<string, string[]>();
@@ -469,7 +497,7 @@ export default definePlugin(async (host) => {
         return {
           action: 'respond',
           status: redirect.status,
-          headers: { location: `https://${h}${httpsPort === 443 ? '' : `:${httpsPort}`}${req.path}${req.query ? `?${req.query}` : ''}`, 'cache-control': 'no-store' },
+          headers: { location: `https://${h}${httpsPort() === 443 ? '' : `:${httpsPort()}`}${req.path}${req.query ? `?${req.query}` : ''}`, 'cache-control': 'no-store' },
         };
       }
       if (hinting) sendHints(req);

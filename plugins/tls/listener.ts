@@ -41,6 +41,8 @@ export class Listeners {
   #readyWaiters: (() => void)[] = [];
   #readyTimer: NodeJS.Timeout | null = null;
   #closing = false;
+  #default: tls.SecureContextOptions = {};
+  #ticketKeys: Buffer | null = null;
   /** Called once when the kernel starts its shutdown (it closes the bridge with its listeners). */
   onShutdown: (() => void) | null = null;
 
@@ -87,7 +89,7 @@ export class Listeners {
   }
 
   async listenTls(port: number, host: string, h2: boolean): Promise<number> {
-    const server = tls.createServer({ ...this.#o.tlsOptions, ALPNProtocols: h2 ? ['h2', 'http/1.1'] : ['http/1.1'] });
+    const server = tls.createServer({ ...this.#o.tlsOptions, ...this.#default, ...(this.#ticketKeys ? { ticketKeys: this.#ticketKeys } : {}), ALPNProtocols: h2 ? ['h2', 'http/1.1'] : ['http/1.1'] });
     server.on('secureConnection', (socket: tls.TLSSocket) => this.#route(socket));
     server.on('tlsClientError', (err: Error & { code?: string }, socket: tls.TLSSocket) => {
       this.#o.onTlsError(err);
@@ -103,6 +105,10 @@ export class Listeners {
       });
     });
     const actual = (server.address() as net.AddressInfo).port;
+    if (this.#closing) {
+      server.close();
+      return actual;
+    }
     this.servers.push({ server, http2: h2, port: actual, host });
     return actual;
   }
@@ -117,16 +123,19 @@ export class Listeners {
         resolve();
       });
     });
-    this.h2cServer = server;
+    if (this.#closing) server.close();
+    else this.h2cServer = server;
     return (server.address() as net.AddressInfo).port;
   }
 
-  /** Replaces the base context of every server (clients without SNI get its certificate). */
+  /** Replaces the base context of every server, now and later (clients without SNI get its certificate). */
   setDefault(options: tls.SecureContextOptions): void {
+    this.#default = options;
     for (const { server } of this.servers) server.setSecureContext({ ...this.#o.tlsOptions, ...options });
   }
 
   setTicketKeys(keys: Buffer): void {
+    this.#ticketKeys = keys;
     for (const { server } of this.servers) {
       server.setTicketKeys(keys);
       // setSecureContext() rebuilds the context from this field; keep it in step.

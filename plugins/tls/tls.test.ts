@@ -9,6 +9,7 @@ import { X509Certificate } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import http2 from 'node:http2';
+import net from 'node:net';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -48,13 +49,20 @@ export default () => ({
 });
 `);
 
-async function tlsPort(b: Bext): Promise<number> {
-  const st = (await (await fetch(`${b.adminUrl}/__bext/tls/status`)).json()) as { listeners: { port: number }[] };
-  return st.listeners[0]!.port;
+type Status = { listeners: { port: number }[]; h2c: number | null; certificates: { id: string; names: string[]; serial: string; source: string }[] };
+
+/** The plugin's status once its listeners are bound (they bind when the kernel starts serving). */
+async function status(b: Bext, ready: (s: Status) => boolean = () => true): Promise<Status> {
+  let st: Status | null = null;
+  await until(async () => {
+    st = (await (await fetch(`${b.adminUrl}/__bext/tls/status`)).json()) as Status;
+    return st.listeners.length > 0 && ready(st);
+  }, 5000, 'tls listeners bound');
+  return st!;
 }
 
-async function status(b: Bext): Promise<{ certificates: { id: string; names: string[]; serial: string; source: string }[]; [k: string]: unknown }> {
-  return (await (await fetch(`${b.adminUrl}/__bext/tls/status`)).json()) as never;
+async function tlsPort(b: Bext): Promise<number> {
+  return (await status(b)).listeners[0]!.port;
 }
 
 function tlsConfig(extra: Record<string, unknown>, site: string): Record<string, unknown> {
@@ -191,9 +199,9 @@ describe('protocols on one port', () => {
         },
       },
     });
-    const st = await status(b);
-    port = (st.listeners as { port: number }[])[0]!.port;
-    h2cPort = st.h2c as number;
+    const st = await status(b, (x) => x.h2c !== null);
+    port = st.listeners[0]!.port;
+    h2cPort = st.h2c!;
     caPem = await (await fetch(`${b.adminUrl}/__bext/tls/ca.pem`)).text();
   });
   afterAll(() => b.close());
@@ -479,6 +487,30 @@ describe('failures and neighbours', () => {
       const t = h.plugins.find((p) => p.name === 'tls')!;
       expect(t.state).toBe('degraded');
       expect(t.detail).toMatch(/certificate storage \(Redis\) unreachable/);
+    } finally {
+      await b.close();
+    }
+  });
+
+  it('binds its port once the kernel serves, and keeps trying while another process holds it', async () => {
+    const site = tmpDir();
+    const port = await freePort();
+    const blocker = net.createServer();
+    await new Promise<void>((r) => blocker.listen(port, '127.0.0.1', r));
+    const b = await startBext({
+      siteDir: site,
+      plugins: ['health', { dir: TLS }],
+      config: { plugins: { health: { details: true }, tls: { listeners: [{ port, host: '127.0.0.1' }], storage: { dir: join(site, 'tls') }, selfSigned: { names: ['localhost'] } } } },
+    });
+    try {
+      await until(async () => {
+        const h = (await (await fetch(`${b.url}/health`)).json()) as { plugins: { name: string; detail?: string }[] };
+        return /cannot listen: EADDRINUSE/.test(h.plugins.find((p) => p.name === 'tls')?.detail ?? '');
+      }, 5000, 'degraded for the held port');
+      await new Promise<void>((r) => blocker.close(() => r()));
+      expect((await status(b)).listeners[0]!.port).toBe(port);
+      expect((await handshake(port, { servername: 'localhost' })).cert.subjectaltname).toBe('DNS:localhost');
+      await until(async () => ((await (await fetch(`${b.url}/health`)).json()) as { status: string }).status === 'ok', 5000, 'healthy again');
     } finally {
       await b.close();
     }
