@@ -10,7 +10,8 @@
  *    compression, static, ssr) against Next.js `next start` serving the
  *    same pages ISR-cached (bench/next-ssr; needs
  *    `npm install --prefix bench/next-ssr`). Target ≥ 15×.
- * 3. /table/200 with memoised rows against the same table unmemoised, both
+ * 3. /table/200 memoised (the table, and its rows) against the same table
+ *    unmemoised, both
  *    uncached through the pool.
  *
  * Each comparison interleaves rounds (best of each) in one run; the machine
@@ -20,11 +21,11 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { cpSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { createRequire } from 'node:module';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { compare, fmt, hasWrk, load, startServer, type Load } from './lib.js';
 
 const ROOT = resolve(import.meta.dirname, '..');
@@ -170,6 +171,15 @@ async function main(): Promise<void> {
   const tool = hasWrk ? 'wrk -t1 -c50' : 'autocannon -c50';
   console.log(`# bench/ssr — ${availableParallelism()} cores, load ${loadavg().map((x) => x.toFixed(2)).join(' ')}, ${tool}, ${seconds} s × best of ${rounds}\n`);
   const site = siteCopy();
+  const scratch = [dirname(site)];
+  try {
+    await run(site, scratch, seconds, rounds, only);
+  } finally {
+    for (const d of scratch) rmSync(d, { recursive: true, force: true });
+  }
+}
+
+async function run(site: string, scratch: string[], seconds: number, rounds: number, only: Set<string>): Promise<void> {
 
   if (only.has('pool') || only.has('memo')) {
     const { buildSite } = await import('../plugins/ssr/build.js');
@@ -178,7 +188,9 @@ async function main(): Promise<void> {
 
   if (only.has('pool')) {
     // 1. Pool vs one thread. Both render /table-plain/200 for the table (no memoisation on either side).
-    const single = await startServer(SELF, ['serve', 'single', await buildSingle(site)]);
+    const bundle = await buildSingle(site);
+    scratch.push(dirname(bundle));
+    const single = await startServer(SELF, ['serve', 'single', bundle]);
     const pool = await startServer(SELF, ['serve', 'pool', site]);
     try {
       console.log('## 1. Uncached renders: ssr pool (2 workers) vs renderToString in one thread\n');
@@ -206,7 +218,7 @@ async function main(): Promise<void> {
   if (only.has('memo')) {
     const pool = await startServer(SELF, ['serve', 'pool', site]);
     try {
-      console.log('\n## 3. Memoised rows vs the same table unmemoised (uncached, through the pool)\n');
+      console.log('\n## 3. Memoised table vs the same table unmemoised (uncached, through the pool)\n');
       const plain = `http://127.0.0.1:${pool.port}/table-plain/200`;
       const memo = `http://127.0.0.1:${pool.port}/table/200`;
       await warm(plain, 50);
@@ -218,7 +230,7 @@ async function main(): Promise<void> {
       console.log('| page | req/s | p99 ms | errors | ratio |');
       console.log('| --- | --- | --- | --- | --- |');
       console.log(row('/table/200 unmemoised', res.get('plain')!, res.get('plain')!));
-      console.log(row('/table/200, rows memoised', res.get('memo')!, res.get('plain')!));
+      console.log(row('/table/200, table memoised (rows too)', res.get('memo')!, res.get('plain')!));
     } finally {
       await pool.stop();
     }
