@@ -280,28 +280,28 @@ export default definePlugin(async (host: HostApi) => {
   }
 
   // Start: use the build on disk unless it is missing (or older than the sources, with autoBuild "stale").
-  let current = readBuild(outDir);
-  if (cfg.autoBuild !== 'never') {
-    const why = !current
-      ? 'ssr found pages/ but no build; building'
-      : current.manifest.runtime !== runtimeHash()
-        ? 'ssr build was made by another version of the render runtime; building'
-        : cfg.autoBuild === 'stale' && (await sourcesMtime(siteDir)) > current.manifest.sourcesMtime
-          ? 'ssr sources changed since the last build; building'
-          : null;
-    if (why) {
-      host.log('info', why, { site: siteDir, outDir });
-      current = await build();
-    }
-  }
-  if (!current) {
-    throw new BextError('BEXT_ERR_SSR_BUILD', `${siteDir} has pages/ but ${outDir} holds no build, and autoBuild is "never"`, { hint: 'run `bext build` first, or set plugins.ssr.autoBuild to "missing"' });
-  }
   try {
+    let current = readBuild(outDir);
+    if (cfg.autoBuild !== 'never') {
+      const why = !current
+        ? 'ssr found pages/ but no build; building'
+        : current.manifest.runtime !== runtimeHash()
+          ? 'ssr build was made by another version of the render runtime; building'
+          : cfg.autoBuild === 'stale' && (await sourcesMtime(siteDir)) > current.manifest.sourcesMtime
+            ? 'ssr sources changed since the last build; building'
+            : null;
+      if (why) {
+        host.log('info', why, { site: siteDir, outDir });
+        current = await build();
+      }
+    }
+    if (!current) {
+      throw new BextError('BEXT_ERR_SSR_BUILD', `${siteDir} has pages/ but ${outDir} holds no build, and autoBuild is "never"`, { hint: 'run `bext build` first, or set plugins.ssr.autoBuild to "missing"' });
+    }
     await activate(current.manifest, current.bundle);
   } catch (e) {
-    await pool.close();
     clearInterval(metricTimer);
+    await pool.close();
     throw e;
   }
 
