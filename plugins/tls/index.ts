@@ -157,12 +157,13 @@ export default definePlugin(async (host) => {
   const prefetchOcsp = (e: CertEntry) => {
     if (stapler && e.info?.issuerDer) stapler.prefetch(e.info.leafDer, e.info.issuerDer).catch(() => undefined);
   };
-  for (const e of store.entries()) prefetchOcsp(e);
 
   // ------------------------------------------------------------ issuers
-  const localCa = cfg.selfSigned ? await LocalCa.open(path(cfg.selfSigned.caDir ?? join(cfg.storage.dir, 'local-ca'))) : null;
-  const localIssuer: Issuer | null = localCa
-    ? { kind: 'local', issue: (names) => localCa.issue(names, { days: cfg.selfSigned!.validityDays }) }
+  // Created on first use (first run writes it to disk), once.
+  let localCaP: Promise<LocalCa> | null = null;
+  const localCa = () => (localCaP ??= LocalCa.open(path(cfg.selfSigned!.caDir ?? join(cfg.storage.dir, 'local-ca'))));
+  const localIssuer: Issuer | null = cfg.selfSigned
+    ? { kind: 'local', issue: async (names) => (await localCa()).issue(names, { days: cfg.selfSigned!.validityDays }) }
     : null;
   const challenges = new Challenges(storage);
   const acmeIssuer = cfg.acme
@@ -206,14 +207,19 @@ export default definePlugin(async (host) => {
     for (const [source, n] of Object.entries(by)) metric('certificates', n, { source }, 'gauge');
   };
 
-  // Stored certificates serve from the first handshake; orders wait until the kernel listens.
+  // Nothing is written (local CA, certificates) and no port is bound until the
+  // kernel serves: `bext config check` and `bext routes` load plugins without
+  // serving, maybe beside a running server. Stored certificates are loaded
+  // before the ports open; ACME orders start after, as HTTP-01 needs the kernel's port.
   const acmeManaged: Managed[] = [];
-  if (acmeIssuer) for (const g of acmeGroups(cfg)) acmeManaged.push(await manager.track(g[0]!, g, acmeIssuer));
-  if (localIssuer && cfg.selfSigned!.names.length) {
-    const names = cfg.selfSigned!.names.map(normalName);
-    await manager.add(names[0]!, names, localIssuer);
-  }
-  countCerts();
+  const loadManaged = async () => {
+    if (acmeIssuer) for (const g of acmeGroups(cfg)) acmeManaged.push(await manager!.track(g[0]!, g, acmeIssuer));
+    if (localIssuer && cfg.selfSigned!.names.length) {
+      const names = cfg.selfSigned!.names.map(normalName);
+      await manager!.add(names[0]!, names, localIssuer);
+    }
+    countCerts();
+  };
 
   // ------------------------------------------------------------ on-demand
   const onDemandIssuer = acmeIssuer ?? localIssuer;
@@ -323,8 +329,35 @@ export default definePlugin(async (host) => {
   store.onDefaultChange = applyDefault;
   applyDefault();
 
-  // Ports are bound once the kernel serves, not at load: `bext config check` and
-  // `bext routes` load plugins without serving, maybe beside a running server.
+  // -------------------------------------------------- session ticket keys
+  const rotateMs = cfg.tls.ticketKeyRotationHours * 3600_000;
+  let ticketCreated = 0;
+  const ticketKeys = async () => {
+    try {
+      const stored = await storage.get('ticket-keys');
+      const rec = stored ? (JSON.parse(stored) as { keys: string; created: number }) : null;
+      if (rec && Date.now() - rec.created < rotateMs) {
+        if (rec.created !== ticketCreated) {
+          ticketCreated = rec.created;
+          listeners.setTicketKeys(Buffer.from(rec.keys, 'base64'));
+        }
+        return;
+      }
+      const keys = randomBytes(48);
+      ticketCreated = Date.now();
+      await storage.put('ticket-keys', JSON.stringify({ keys: keys.toString('base64'), created: ticketCreated }));
+      listeners.setTicketKeys(keys);
+    } catch (e) {
+      log('warn', 'session ticket keys could not be shared; keeping the current ones', { error: (e as Error).message });
+    }
+  };
+  const startTicketKeys = async () => {
+    await ticketKeys();
+    const tk = setInterval(() => void ticketKeys(), Math.min(rotateMs / 4, 600_000));
+    tk.unref();
+    timers.push(tk);
+  };
+
   // A port still held (a previous process draining) is retried with backoff.
   const ports: { port: number; host: string; http2: boolean }[] = [];
   let h2cPort: number | null = null;
@@ -352,6 +385,10 @@ export default definePlugin(async (host) => {
     return null;
   };
   const bound = kernelReady.then(async () => {
+    if (stopped) return;
+    for (const e of store.entries()) prefetchOcsp(e);
+    await loadManaged().catch((e: unknown) => log('error', 'managed certificates could not be loaded', { error: (e as Error).message }));
+    await startTicketKeys();
     await Promise.all(cfg.listeners.map(async (l) => {
       const p = await bind(`${l.host}:${l.port}`, () => listeners.listenTls(l.port, l.host, l.http2));
       if (p !== null) ports.push({ port: p, host: l.host, http2: l.http2 });
@@ -359,33 +396,6 @@ export default definePlugin(async (host) => {
     if (cfg.h2c) h2cPort = await bind(`h2c ${cfg.h2c.host}:${cfg.h2c.port}`, () => listeners.listenH2c(cfg.h2c!.port, cfg.h2c!.host));
     if (!stopped) log('info', 'tls listening', { listeners: ports, h2c: h2cPort, certificates: store.size });
   });
-
-  // -------------------------------------------------- session ticket keys
-  const rotateMs = cfg.tls.ticketKeyRotationHours * 3600_000;
-  let ticketCreated = 0;
-  const ticketKeys = async () => {
-    try {
-      const stored = await storage.get('ticket-keys');
-      const rec = stored ? (JSON.parse(stored) as { keys: string; created: number }) : null;
-      if (rec && Date.now() - rec.created < rotateMs) {
-        if (rec.created !== ticketCreated) {
-          ticketCreated = rec.created;
-          listeners.setTicketKeys(Buffer.from(rec.keys, 'base64'));
-        }
-        return;
-      }
-      const keys = randomBytes(48);
-      ticketCreated = Date.now();
-      await storage.put('ticket-keys', JSON.stringify({ keys: keys.toString('base64'), created: ticketCreated }));
-      listeners.setTicketKeys(keys);
-    } catch (e) {
-      log('warn', 'session ticket keys could not be shared; keeping the current ones', { error: (e as Error).message });
-    }
-  };
-  await ticketKeys();
-  const tk = setInterval(() => void ticketKeys(), Math.min(rotateMs / 4, 600_000));
-  tk.unref();
-  timers.push(tk);
 
   // --------------------------------------------------- file reload loop
   if (cfg.tls.reloadIntervalSeconds > 0 && files.length) {
@@ -525,7 +535,7 @@ export default definePlugin(async (host) => {
     http2Sessions: listeners.sessions,
     storage: storage.kind,
     defaultCertificate: store.default()?.id ?? null,
-    localCa: localCa ? { pem: '/__bext/tls/ca.pem' } : null,
+    localCa: cfg.selfSigned ? { pem: '/__bext/tls/ca.pem' } : null,
     acme: cfg.acme ? { directoryUrl: cfg.acme.directoryUrl, profile: cfg.acme.profile } : null,
     certificates: [...store.entries()].map((e) => {
       const m = manager!.certs.get(e.id);
@@ -576,8 +586,8 @@ export default definePlugin(async (host) => {
       case '/__bext/tls/status':
         return json(200, status());
       case '/__bext/tls/ca.pem':
-        if (!localCa) return json(404, { error: 'BEXT_ERR_NOT_FOUND', message: 'no local CA: plugins.tls.selfSigned is not configured' });
-        return { status: 200, headers: { 'content-type': 'application/x-pem-file', 'content-disposition': 'attachment; filename="bext-local-ca.pem"' }, body: localCa.certPem };
+        if (!cfg.selfSigned) return json(404, { error: 'BEXT_ERR_NOT_FOUND', message: 'no local CA: plugins.tls.selfSigned is not configured' });
+        return { status: 200, headers: { 'content-type': 'application/x-pem-file', 'content-disposition': 'attachment; filename="bext-local-ca.pem"' }, body: (await localCa()).certPem };
       case '/__bext/tls/renew': {
         try {
           const body = await bodyJson(req);

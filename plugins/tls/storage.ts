@@ -4,7 +4,7 @@
  * a lock so that one instance orders a name while the others wait for it.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, promises as fsp } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Redis } from 'ioredis';
 
@@ -42,9 +42,9 @@ export class DiskStorage implements Storage {
   readonly kind = 'disk';
   #dir: string;
 
+  /** Nothing is created until the first write. */
   constructor(dir: string) {
     this.#dir = dir;
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
   }
 
   #path(key: string): string {
