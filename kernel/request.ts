@@ -49,6 +49,13 @@ export class BextRequest implements TrustedRequest {
   out: import('node:http').ServerResponse | null = null;
   #bodyLimit: number;
   #bodyPromise: Promise<Buffer> | null = null;
+  /** Set by the kernel: decides admin rights for this request. */
+  adminCheck: ((req: BextRequest) => boolean) | null = null;
+  #isAdmin: boolean | undefined;
+
+  get isAdmin(): boolean {
+    return (this.#isAdmin ??= this.adminCheck ? this.adminCheck(this) : false);
+  }
 
   earlyHints(hints: Record<string, string | string[]>): void {
     const out = this.out;

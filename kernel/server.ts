@@ -507,6 +507,7 @@ export class Kernel {
     const group = this.#group(host, path);
     const req = new BextRequest(raw, path, query, host, this.config.server.bodyLimit);
     req.group = group.name;
+    req.adminCheck = this.#adminCheck;
     return { req, group };
   }
 
@@ -639,6 +640,8 @@ export class Kernel {
     const bad = this.#badDecision(e, `onRender returned ${describeDecision(d)}; expected a response or {action:'next'}`);
     return bad ?? this.#render(chain, req, i + 1);
   }
+
+  #adminCheck = (req: BextRequest): boolean => this.#adminAllowed(req);
 
   #adminAllowed(req: BextRequest): boolean {
     const onAdmin = (req.raw.socket as unknown as Record<symbol, boolean>)[kAdmin] === true;

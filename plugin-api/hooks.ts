@@ -62,6 +62,11 @@ export interface TrustedRequest extends RequestData {
    * Does nothing when the response has started or for upgrades.
    */
   earlyHints(hints: Record<string, string | string[]>): void;
+  /**
+   * Whether the request came over the admin listener (bound to loopback) or
+   * carries the admin token — what admin routes require.
+   */
+  readonly isAdmin: boolean;
 }
 
 /** A body a trusted plugin may produce. Sandboxed plugins produce strings. */
