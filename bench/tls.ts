@@ -19,7 +19,7 @@
  */
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -54,7 +54,10 @@ async function serve(tlsPort: number): Promise<void> {
   const k = await Kernel.create({ config, plugins, siteDir: dir, logger: new Logger('error') });
   const { port } = await k.listen();
   process.stdout.write(`LISTENING ${port}\n`);
-  process.on('SIGTERM', () => void k.close(1000).then(() => process.exit(0)));
+  process.on('SIGTERM', () => void k.close(1000).then(() => {
+    rmSync(dir, { recursive: true, force: true });
+    process.exit(0);
+  }));
 }
 
 /** Node's own servers with the same page and the same kind of certificate (ECDSA P-256 from the local CA). */
@@ -63,7 +66,8 @@ async function serveBare(tlsPort: number): Promise<void> {
   const { default: http2 } = await import('node:http2');
   const { LocalCa } = await import('../plugins/tls/local-ca.js');
   const { PAGE } = await import('./servers/page.js');
-  const ca = await LocalCa.open(mkdtempSync(join(tmpdir(), 'bext-bench-tls-ca-')));
+  const caDir = mkdtempSync(join(tmpdir(), 'bext-bench-tls-ca-'));
+  const ca = await LocalCa.open(caDir);
   const cert = await ca.issue(['localhost']);
   const handler = (_req: unknown, res: { setHeader(k: string, v: string): void; end(b: Buffer): void }) => {
     res.setHeader('content-type', 'text/html; charset=utf-8');
@@ -75,7 +79,10 @@ async function serveBare(tlsPort: number): Promise<void> {
   const plain = http.createServer(handler);
   await new Promise<void>((r) => plain.listen(0, '127.0.0.1', r));
   process.stdout.write(`LISTENING ${(plain.address() as net.AddressInfo).port}\n`);
-  process.on('SIGTERM', () => process.exit(0));
+  process.on('SIGTERM', () => {
+    rmSync(caDir, { recursive: true, force: true });
+    process.exit(0);
+  });
 }
 
 /** h2load for `seconds`: `h1` speaks HTTP/1.1, otherwise h2 with `streams` per connection. */

@@ -20,7 +20,9 @@ import { bytes, children, readTlv } from './der.js';
 import { LocalCa } from './local-ca.js';
 import { Manager, certKey } from './manager.js';
 import { DiskStorage } from './storage.js';
-import { freePort, handshake, run, startPebble, tmpDir, type Pebble } from './testkit.js';
+import { freePort, handshake, removeTmpDirs, run, startPebble, tmpDir, type Pebble } from './testkit.js';
+
+afterAll(() => removeTmpDirs());
 
 const TLS = join(import.meta.dirname);
 const REDIS = 'redis://127.0.0.1:6379';

@@ -5,7 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http2 from 'node:http2';
 import https from 'node:https';
 import net from 'node:net';
@@ -14,8 +14,17 @@ import { join } from 'node:path';
 import tls from 'node:tls';
 import { LocalCa } from './local-ca.js';
 
+const made: string[] = [];
+
+/** A fresh temporary directory, removed by `removeTmpDirs()`. */
 export function tmpDir(prefix = 'bext-tls-'): string {
-  return mkdtempSync(join(tmpdir(), prefix));
+  const d = mkdtempSync(join(tmpdir(), prefix));
+  made.push(d);
+  return d;
+}
+
+export function removeTmpDirs(): void {
+  for (const d of made.splice(0)) rmSync(d, { recursive: true, force: true });
 }
 
 /** A port nothing listens on right now (bound, then released). */

@@ -17,7 +17,9 @@ import WebSocket from 'ws';
 import { startBext, type Bext } from '../../sdk/harness.js';
 import { plugin, until } from '../../test/helpers.js';
 import { LocalCa } from './local-ca.js';
-import { freePort, get1, get2, handshake, run, tmpDir } from './testkit.js';
+import { freePort, get1, get2, handshake, removeTmpDirs, run, tmpDir } from './testkit.js';
+
+afterAll(() => removeTmpDirs());
 
 const TLS = join(import.meta.dirname);
 const wsModule = createRequire(import.meta.url).resolve('ws');
