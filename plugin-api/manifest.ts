@@ -84,6 +84,12 @@ export interface Manifest {
   configSchema?: Record<string, unknown>;
   /** Files covered by the integrity hash besides the entry (globs relative to the folder). Default: every file but tests and READMEs. */
   files?: string[];
+  /**
+   * CLI commands the plugin contributes (`bext <name> [args]`), each a module
+   * of the plugin and the export to call with the command's arguments.
+   * Trusted plugins only.
+   */
+  commands?: Record<string, { module: string; export: string; description: string }>;
 }
 
 const matchSchema = {
@@ -155,6 +161,16 @@ export const manifestSchema = {
     failMode: { enum: ['open', 'closed'] },
     configSchema: { type: 'object' },
     files: { type: 'array', items: { type: 'string' } },
+    commands: {
+      type: 'object',
+      propertyNames: { pattern: '^[a-z][a-z0-9-]*$' },
+      additionalProperties: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['module', 'export', 'description'],
+        properties: { module: { type: 'string' }, export: { type: 'string' }, description: { type: 'string' } },
+      },
+    },
   },
 } as const;
 

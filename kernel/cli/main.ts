@@ -5,6 +5,7 @@
 import { cpSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { createInterface } from 'node:readline/promises';
+import { pathToFileURL } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { BextError, CAPABILITIES, SANDBOX_KINDS, type SandboxKind } from '../../plugin-api/index.js';
 import { loadConfig, type BextConfig } from '../config.js';
@@ -318,11 +319,51 @@ async function cmdRoutes(argv: string[]) {
   for (const [hook, names] of Object.entries(d.chains)) out(`${hook.padEnd(11)} ${names.join(' → ') || '-'}`);
 }
 
+/**
+ * Commands plugins contribute through their manifest's `commands`: those of
+ * the locked plugins first, then the builtin ones.
+ */
+function contributedCommands(): { name: string; plugin: string; module: string; export: string; description: string }[] {
+  const dirs: string[] = [];
+  try {
+    const lockFile = findLock(process.cwd());
+    for (const e of readLock(lockFile).plugins) {
+      try {
+        const loc = locatePlugin(e.source, dirname(lockFile));
+        if (loc.manifest.sandbox === 'trusted') dirs.push(loc.root);
+      } catch {
+        // A broken lock entry is reported by the commands that load it.
+      }
+    }
+  } catch {
+    // No readable lock: builtin commands only.
+  }
+  if (existsSync(BUILTIN_DIR)) for (const n of readdirSync(BUILTIN_DIR).sort()) dirs.push(join(BUILTIN_DIR, n));
+  const out: { name: string; plugin: string; module: string; export: string; description: string }[] = [];
+  for (const d of dirs) {
+    const f = join(d, 'bext-plugin.json');
+    if (!existsSync(f)) continue;
+    const m = JSON.parse(readFileSync(f, 'utf8')) as { name: string; sandbox: string; commands?: Record<string, { module: string; export: string; description: string }> };
+    if (m.sandbox !== 'trusted') continue;
+    for (const [name, c] of Object.entries(m.commands ?? {})) out.push({ name, plugin: m.name, module: join(d, c.module), export: c.export, description: c.description });
+  }
+  return out;
+}
+
+function findCommand(name: string) {
+  return contributedCommands().find((c) => c.name === name);
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   try {
     if (!cmd || cmd === '--help' || cmd === '-h' || cmd === 'help') {
       out(HELP.main!);
+      const extra = contributedCommands().filter((c, i, all) => all.findIndex((x) => x.name === c.name) === i);
+      if (extra.length) {
+        out('\nCommands from plugins:');
+        for (const c of extra) out(`  ${c.name.padEnd(24)}  ${c.description} (${c.plugin})`);
+      }
       return 0;
     }
     if (cmd === 'run') await cmdRun(rest);
@@ -336,7 +377,14 @@ export async function main(argv: string[]): Promise<number> {
       if (rest[0] !== 'check') throw new UsageError(`unknown config command ${JSON.stringify(rest[0] ?? '')} (expected check)`);
       await cmdConfigCheck(rest.slice(1));
     } else if (cmd === 'routes') await cmdRoutes(rest);
-    else throw new UsageError(`unknown command ${JSON.stringify(cmd)}`);
+    else {
+      const contributed = findCommand(cmd);
+      if (!contributed) throw new UsageError(`unknown command ${JSON.stringify(cmd)}`);
+      const mod = (await import(pathToFileURL(contributed.module).href)) as Record<string, unknown>;
+      const fn = mod[contributed.export];
+      if (typeof fn !== 'function') throw new BextError('BEXT_ERR_PLUGIN_LOAD', `plugin "${contributed.plugin}" declares command ${cmd} as ${contributed.export} in ${contributed.module}, which is not a function`);
+      await (fn as (a: string[], o: (l: string) => void) => Promise<void>)(rest, out);
+    }
     return 0;
   } catch (e) {
     if (e instanceof BextError) {
