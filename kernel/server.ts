@@ -9,6 +9,7 @@
 import { unwatchFile, watchFile } from 'node:fs';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import net from 'node:net';
+import tls from 'node:tls';
 import { dirname, resolve } from 'node:path';
 import { Readable, pipeline, type Duplex } from 'node:stream';
 import { timingSafeEqual } from 'node:crypto';
@@ -421,7 +422,7 @@ export class Kernel {
    * run the onConnect chain before the HTTP parser sees a byte.
    */
   async serve(server: net.Server, opts: { port?: number; host?: string; admin?: boolean }): Promise<void> {
-    const event = 'secureConnection' in server && typeof (server as { setSecureContext?: unknown }).setSecureContext === 'function' ? 'secureConnection' : 'connection';
+    const event = server instanceof tls.Server ? 'secureConnection' : 'connection';
     const admin = opts.admin === true;
     server.on(event, (socket: net.Socket) => this.#accept(socket, admin));
     server.on('error', (e) => this.log.error('listener error', { error: e.message }));
@@ -722,9 +723,11 @@ export class Kernel {
     if (this.#draining && req.httpVersion < '2') headers = { ...headers, connection: 'close' };
     try {
       out.statusCode = status;
+      const h2 = req.httpVersion >= '2';
       for (const k in headers) {
         const v = headers[k];
-        if (v !== undefined) out.setHeader(k, v);
+        // HTTP/2 forbids connection-specific headers (RFC 9113 §8.2.2).
+        if (v !== undefined && !(h2 && HOP_BY_HOP.has(k))) out.setHeader(k, v);
       }
       let stream: Readable | null = null;
       const plain = !transforms?.length && req.trailers === undefined;
@@ -1060,6 +1063,8 @@ function bodyOf(res: ResponseData): ResponseData['body'] {
   if (typeof res.bodyBase64 === 'string') return Buffer.from(res.bodyBase64, 'base64');
   return undefined;
 }
+
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade']);
 
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS']);
 function knownMethod(m: string): string {

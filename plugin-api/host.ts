@@ -109,7 +109,8 @@ export interface RequestRecord {
 
 /** A TLS or other listener a plugin adds to the server. */
 export interface ListenerSpec {
-  port: number;
+  /** Port to listen on; omit when the plugin accepts sockets itself and emits them. */
+  port?: number;
   host?: string;
   /** Serve admin routes on it (as the admin listener does). */
   admin?: boolean;

@@ -456,3 +456,32 @@ export default () => ({
     expect(await new Promise<number>((r) => other.once('unexpected-response', (_q, res) => r(res.statusCode ?? 0)).once('error', () => r(-1)))).toBe(404);
   });
 });
+
+describe('TLS listeners', () => {
+  it('serve() takes a tls.Server: its decrypted sockets run the same pipeline', async () => {
+    // @peculiar/x509 needs the Reflect polyfill loaded before it.
+    await import('reflect-metadata');
+    const x509 = await import('@peculiar/x509');
+    const { webcrypto } = await import('node:crypto');
+    x509.cryptoProvider.set(webcrypto as unknown as Crypto);
+    const alg = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' };
+    const keys = await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify']);
+    const cert = await x509.X509CertificateGenerator.createSelfSigned({ serialNumber: '01', name: 'CN=localhost', notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 3_600_000), signingAlgorithm: alg, keys, extensions: [new x509.SubjectAlternativeNameExtension([{ type: 'dns', value: 'localhost' }])] });
+    const pkcs8 = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)).toString('base64');
+    const key = `-----BEGIN PRIVATE KEY-----\n${pkcs8.match(/.{1,64}/g)!.join('\n')}\n-----END PRIVATE KEY-----\n`;
+    const b = await start({ plugins: [echoCtx()] });
+    const tlsMod = await import('node:tls');
+    const server = tlsMod.createServer({ key, cert: cert.toString('pem') });
+    await b.kernel.serve(server, { port: 0, host: '127.0.0.1' });
+    const port = (server.address() as { port: number }).port;
+    const body = await new Promise<string>((resolve, reject) => {
+      const s = tlsMod.connect({ port, host: '127.0.0.1', servername: 'localhost', rejectUnauthorized: false }, () => s.write('GET /items/5 HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n'));
+      let d = '';
+      s.on('data', (c) => (d += c));
+      s.on('end', () => resolve(d));
+      s.on('error', reject);
+    });
+    expect(body).toMatch(/^HTTP\/1\.1 200 OK/);
+    expect(body).toContain('"params":{"id":"5"}');
+  });
+});
