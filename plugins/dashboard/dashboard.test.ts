@@ -102,7 +102,7 @@ describe('dashboard', () => {
     const b = await start(['realtime']);
     const page = await (await fetch(`${b.adminUrl}/__bext/dashboard`)).text();
     expect(page).toContain('"hub":"/__bext/events?topic=system%2Fmetrics"');
-    const got = sse(`${b.url}/__bext/events?topic=system/metrics`, (m) => m.some((x) => ((x.data as Snapshot)?.point?.n ?? 0) > 0) && m.some((x) => (x.data as Snapshot)?.hub));
+    const got = sse(`${b.adminUrl}/__bext/events?topic=system/metrics`, (m) => m.some((x) => ((x.data as Snapshot)?.point?.n ?? 0) > 0) && m.some((x) => (x.data as Snapshot)?.hub));
     await until(async () => {
       await (await fetch(`${b.url}/secret-path-42`)).text();
       return Promise.race([got.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 100))]);
