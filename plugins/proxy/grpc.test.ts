@@ -224,3 +224,39 @@ describe('gRPC over h2c', () => {
     expect(one.calls).toHaveLength(3);
   });
 });
+
+describe('gRPC through the kernel', () => {
+  it('unary and server-streaming calls keep their trailers over the kernel\'s HTTP/2 handler', async () => {
+    const { startBext } = await import('../../sdk/harness.js');
+    const { plugin } = await import('../../test/helpers.js');
+    const up = await grpcServer('one');
+    // An h2c listener feeding the kernel's pipeline, as the tls plugin does for h2.
+    const h2c = plugin('h2c-front', {}, `
+import http2 from 'node:http2';
+globalThis.__grpcFront = null;
+export default (host) => {
+  const server = http2.createServer((req, res) => host.kernel.handle(req, res));
+  server.listen(0, '127.0.0.1', () => { globalThis.__grpcFront = server.address().port; });
+  return { dispose() { server.close(); } };
+};`);
+    const b = await startBext({ plugins: ['proxy', h2c], config: { plugins: { proxy: config([up.url]) } } });
+    cleanups.push(() => b.close());
+    const g = globalThis as unknown as { __grpcFront: number | null };
+    await until(() => g.__grpcFront !== null, 5000, 'the h2c front');
+    const c = client(`127.0.0.1:${g.__grpcFront}`);
+    const unary = await new Promise<{ res: Msg; md: grpc.Metadata }>((resolveCall, reject) => {
+      let res: Msg | null = null;
+      const call = c.Say({ text: 'via kernel', n: 1 }, (err: Error | null, r: Msg) => (err ? reject(err) : (res = r)));
+      call.on('status', (s: grpc.StatusObject) => resolveCall({ res: res!, md: s.metadata }));
+    });
+    expect(unary.res).toEqual({ text: 'one: via kernel', n: 2 });
+    expect(unary.md.get('x-served-by')).toEqual(['one']);
+    const got: string[] = [];
+    const count = c.Count({ text: '', n: 3 });
+    count.on('data', (m: Msg) => got.push(m.text));
+    const status = await new Promise<grpc.StatusObject>((r) => count.on('status', r));
+    expect(got).toEqual(['one 1', 'one 2', 'one 3']);
+    expect(status.code).toBe(grpc.status.OK);
+    expect(status.metadata.get('x-served-by')).toEqual(['one']);
+  });
+});
