@@ -1,12 +1,13 @@
 /**
  * requestlog: keeps the last N finished requests (from the kernel's request
  * observers, so no hook runs on the request path) and serves them on an
- * admin route. Entries are stored as the kernel hands them over and turned
- * into redacted JSON only when read: capture costs one array store per
- * request. An optional access log writes one pino line per request.
+ * admin route. Capture copies a record's fields into preallocated columns
+ * (ring.ts); entries are turned into redacted JSON only when read. An
+ * optional access log writes one pino line per request.
  */
 import pino, { type Logger as Pino } from 'pino';
 import { BextError, definePlugin, globToRegExp, type HostApi, type LogLevel, type RequestRecord, type ResponseData } from '../../plugin-api/index.js';
+import { CaptureRing } from './ring.js';
 import { answeredBy, cacheStatus, redactHeaders, wafVerdict, type CaptureOptions } from './summary.js';
 
 export { answeredBy, cacheStatus, redactHeaders, wafVerdict } from './summary.js';
@@ -14,6 +15,7 @@ export { answeredBy, cacheStatus, redactHeaders, wafVerdict } from './summary.js
 /** This plugin's section of bext.config.json (defaults applied by the kernel). */
 export interface RequestLogConfig {
   size: number;
+  detail: number;
   redactHeaders: string[];
   headers: boolean;
   clientAddress: boolean;
@@ -72,7 +74,7 @@ export function toEntry(rec: RequestRecord, opts: CaptureOptions): RequestEntry 
     ...(by ? { answeredBy: by } : {}),
     ...(typeof rec.ctx.traceId === 'string' ? { traceId: rec.ctx.traceId } : {}),
     timings: rec.timings.map((t) => ({ plugin: t.plugin, hook: t.hook, startMs: round3(t.startMs), durMs: round3(t.durMs), ...(t.error ? { error: t.error } : {}) })),
-    ...(opts.headers ? { requestHeaders: redactHeaders(rec.requestHeaders, opts.redact), responseHeaders: redactHeaders(rec.responseHeaders, opts.redact) } : {}),
+    ...(opts.headers && (rec as { headersKept?: boolean }).headersKept !== false ? { requestHeaders: redactHeaders(rec.requestHeaders, opts.redact), responseHeaders: redactHeaders(rec.responseHeaders, opts.redact) } : {}),
   };
 }
 
@@ -142,24 +144,15 @@ export default definePlugin((host: HostApi) => {
   const redact = new Set(['authorization', 'proxy-authorization', 'cookie', 'set-cookie', ...cfg.redactHeaders.map((h) => h.toLowerCase())]);
   const opts: CaptureOptions = { headers: cfg.headers, clientAddress: cfg.clientAddress, redact };
   const exclude = cfg.exclude.length ? new RegExp(cfg.exclude.map((g) => globToRegExp(g).source).join('|')) : null;
-  const ring: (RequestRecord | undefined)[] = new Array(cfg.size);
-  let next = 0;
-  let total = 0;
+  const ring = new CaptureRing(cfg.size, cfg.headers ? cfg.detail : 0);
   const access = accessLogger(cfg.accessLog, redact);
 
   const stop = kernel.observeRequests((rec) => {
     if (exclude !== null && exclude.test(rec.path)) return;
-    ring[next] = rec;
-    next = next + 1 === ring.length ? 0 : next + 1;
-    total++;
+    ring.push(rec);
     access?.log(rec);
   });
-
-  /** Newest first. */
-  function* newest(): Generator<RequestRecord> {
-    const n = Math.min(total, ring.length);
-    for (let k = 1; k <= n; k++) yield ring[(next - k + ring.length) % ring.length]!;
-  }
+  const newest = () => ring.newest();
 
   return {
     onRoute(req): ResponseData {
@@ -184,7 +177,7 @@ export default definePlugin((host: HostApi) => {
         out.push(entry());
         if (out.length >= limit) break;
       }
-      return { status: 200, headers: JSON_HEADERS, body: JSON.stringify({ total, size: cfg.size, requests: out }) };
+      return { status: 200, headers: JSON_HEADERS, body: JSON.stringify({ total: ring.total, size: cfg.size, requests: out }) };
     },
     async dispose() {
       stop();

@@ -81,6 +81,18 @@ describe('requestlog', () => {
     expect((await bad.json()).error).toBe('BEXT_ERR_QUERY_INVALID');
   });
 
+  it('keeps headers for the newest `detail` requests only, and hook errors with their timings', async () => {
+    const flaky = plugin('flaky', { hooks: { onRequest: {} }, limits: { quarantineAfter: 100 } }, `
+export default () => ({ onRequest(req) { if (req.path.endsWith('/fail')) throw new Error('flaky'); } });`);
+    const b = await start({ size: 10, detail: 2 }, [{ dir: flaky }]);
+    for (const p of ['/a', '/b/fail', '/c', '/d']) await (await fetch(`${b.url}${p}`, { headers: { 'x-n': p } })).text();
+    const { requests } = await entries(b);
+    expect(requests.map((e) => e.path)).toEqual(['/d', '/c', '/b/fail', '/a']);
+    expect(requests.map((e) => e.requestHeaders?.['x-n'])).toEqual(['/d', '/c', undefined, undefined]);
+    expect(requests[2]!.timings).toEqual([{ plugin: 'flaky', hook: 'onRequest', startMs: expect.any(Number), durMs: expect.any(Number), error: 'BEXT_ERR_PLUGIN_FAILED' }]);
+    expect(requests[0]!.timings[0]!.error).toBeUndefined();
+  });
+
   it('does not capture its own routes, probes or scrapes, and is an admin route', async () => {
     const b = await start({}, ['health']);
     await (await fetch(`${b.url}/health`)).text();
