@@ -16,13 +16,11 @@
  *
  * The script is also its own server: `tsx bench/cache.ts serve <kind>`.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import zlib from 'node:zlib';
-import { compare, fmt, hasWrk, load, startServer, type Load } from './lib.js';
+import { compare, fmt, hasWrk, load, startNext, startServer, type Load } from './lib.js';
 import { PAGE } from './servers/page.js';
 
 const ROOT = resolve(import.meta.dirname, '..');
@@ -88,38 +86,6 @@ function row(label: string, l: Load, base: Load, target: string): string {
   return `| ${label} | ${fmt(l.rps)} | ${l.p99ms.toFixed(2)} | ${l.errors} | ${(l.rps / base.rps).toFixed(3)} | ${target} |`;
 }
 
-/** Starts `next start` on a free port from bench/next-app (building it first if needed). */
-async function startNext(): Promise<{ port: number; stop(): Promise<void> } | string> {
-  const app = join(ROOT, 'bench/next-app');
-  const bin = join(app, 'node_modules/next/dist/bin/next');
-  if (!existsSync(bin)) return 'Next.js is not installed: run `npm install --prefix bench/next-app` to include this comparison';
-  const env = { ...process.env, NEXT_TELEMETRY_DISABLED: '1', NODE_ENV: 'production' };
-  if (!existsSync(join(app, 'build/BUILD_ID'))) {
-    process.stdout.write('building the Next.js page (next build)…\n');
-    const b = spawnSync(process.execPath, [bin, 'build'], { cwd: app, env, stdio: ['ignore', 'ignore', 'inherit'] });
-    if (b.status !== 0) return `next build failed with ${b.status}`;
-  }
-  const net = await import('node:net');
-  const probe = net.createServer().listen(0, '127.0.0.1');
-  await once(probe, 'listening');
-  const port = (probe.address() as { port: number }).port;
-  probe.close();
-  const proc: ChildProcess = spawn(process.execPath, [bin, 'start', '-p', String(port), '-H', '127.0.0.1'], { cwd: app, env, stdio: ['ignore', 'pipe', 'inherit'] });
-  await new Promise<void>((res, rej) => {
-    proc.once('exit', (c) => rej(new Error(`next start exited with ${c}`)));
-    proc.stdout!.on('data', (d: Buffer) => {
-      if (/Ready|started server/i.test(d.toString())) res();
-    });
-  });
-  return {
-    port,
-    async stop() {
-      if (proc.exitCode !== null) return;
-      proc.kill('SIGTERM');
-      await once(proc, 'exit');
-    },
-  };
-}
 
 async function main(): Promise<void> {
   const seconds = Number(process.env.BENCH_SECONDS ?? 5);
@@ -163,7 +129,7 @@ async function main(): Promise<void> {
   }
 
   // 2. The same ISR page: next start against bext caching it.
-  const next = await startNext();
+  const next = await startNext(join(ROOT, 'bench/next-app'));
   if (typeof next === 'string') {
     console.log(`\nNext.js comparison skipped: ${next}`);
     return;

@@ -4,6 +4,8 @@
  * report ratios against a baseline measured in the same run.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join, relative } from 'node:path';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 
@@ -76,4 +78,36 @@ export async function compare(subjects: { name: string; run: () => Promise<Load>
     }
   }
   return best;
+}
+
+/** Starts `next start` from a Next.js app folder on a free port (building it first if needed). */
+export async function startNext(app: string): Promise<{ port: number; stop(): Promise<void> } | string> {
+  const bin = join(app, 'node_modules/next/dist/bin/next');
+  if (!existsSync(bin)) return `Next.js is not installed: run \`npm install --prefix ${relative(process.cwd(), app)}\` to include this comparison`;
+  const env = { ...process.env, NEXT_TELEMETRY_DISABLED: '1', NODE_ENV: 'production' };
+  if (!existsSync(join(app, 'build/BUILD_ID'))) {
+    process.stdout.write('building the Next.js app (next build)…\n');
+    const b = spawnSync(process.execPath, [bin, 'build'], { cwd: app, env, stdio: ['ignore', 'ignore', 'inherit'] });
+    if (b.status !== 0) return `next build failed with ${b.status}`;
+  }
+  const net = await import('node:net');
+  const probe = net.createServer().listen(0, '127.0.0.1');
+  await once(probe, 'listening');
+  const port = (probe.address() as { port: number }).port;
+  probe.close();
+  const proc: ChildProcess = spawn(process.execPath, [bin, 'start', '-p', String(port), '-H', '127.0.0.1'], { cwd: app, env, stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise<void>((res, rej) => {
+    proc.once('exit', (c) => rej(new Error(`next start exited with ${c}`)));
+    proc.stdout!.on('data', (d: Buffer) => {
+      if (/Ready|started server/i.test(d.toString())) res();
+    });
+  });
+  return {
+    port,
+    async stop() {
+      if (proc.exitCode !== null) return;
+      proc.kill('SIGTERM');
+      await once(proc, 'exit');
+    },
+  };
 }

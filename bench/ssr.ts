@@ -19,14 +19,12 @@
  *
  * Usage: npm run bench -- ssr   (BENCH_SECONDS, BENCH_ROUNDS, BENCH_ONLY=pool,isr,memo)
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
-import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { createRequire } from 'node:module';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { compare, fmt, hasWrk, load, startServer, type Load } from './lib.js';
+import { compare, fmt, hasWrk, load, startNext, startServer, type Load } from './lib.js';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const SELF = 'bench/ssr.ts';
@@ -115,38 +113,6 @@ async function serve(kind: string, arg: string): Promise<void> {
   process.on('SIGTERM', () => void k.close(1000).then(() => process.exit(0)));
 }
 
-/** Starts `next start` from bench/next-ssr on a free port (building it first if needed). */
-async function startNext(): Promise<{ port: number; stop(): Promise<void> } | string> {
-  const app = join(ROOT, 'bench/next-ssr');
-  const bin = join(app, 'node_modules/next/dist/bin/next');
-  if (!existsSync(bin)) return 'Next.js is not installed: run `npm install --prefix bench/next-ssr` to include this comparison';
-  const env = { ...process.env, NEXT_TELEMETRY_DISABLED: '1', NODE_ENV: 'production' };
-  if (!existsSync(join(app, 'build/BUILD_ID'))) {
-    process.stdout.write('building the Next.js app (next build)…\n');
-    const b = spawnSync(process.execPath, [bin, 'build'], { cwd: app, env, stdio: ['ignore', 'ignore', 'inherit'] });
-    if (b.status !== 0) return `next build failed with ${b.status}`;
-  }
-  const net = await import('node:net');
-  const probe = net.createServer().listen(0, '127.0.0.1');
-  await once(probe, 'listening');
-  const port = (probe.address() as { port: number }).port;
-  probe.close();
-  const proc: ChildProcess = spawn(process.execPath, [bin, 'start', '-p', String(port), '-H', '127.0.0.1'], { cwd: app, env, stdio: ['ignore', 'pipe', 'inherit'] });
-  await new Promise<void>((res, rej) => {
-    proc.once('exit', (c) => rej(new Error(`next start exited with ${c}`)));
-    proc.stdout!.on('data', (d: Buffer) => {
-      if (/Ready|started server/i.test(d.toString())) res();
-    });
-  });
-  return {
-    port,
-    async stop() {
-      if (proc.exitCode !== null) return;
-      proc.kill('SIGTERM');
-      await once(proc, 'exit');
-    },
-  };
-}
 
 /** Requests a URL until it answers 200 `n` times in a row (fills caches, warms the JIT). */
 async function warm(url: string, n = 20): Promise<{ bytes: number; cacheStatus: string | null }> {
@@ -238,7 +204,7 @@ async function run(site: string, scratch: string[], seconds: number, rounds: num
 
   if (only.has('isr')) {
     console.log('\n## 2. ISR hits: the default stack vs Next.js `next start` (ISR-cached)\n');
-    const next = await startNext();
+    const next = await startNext(join(ROOT, 'bench/next-ssr'));
     if (typeof next === 'string') {
       console.log(`Next.js comparison skipped: ${next}`);
     } else {
