@@ -30,6 +30,8 @@ export interface BextConfig {
     maxHeaderBytes: number;
   };
   admin: { port: number | null; host: string; token?: string };
+  /** Structured logs: server level, per-plugin levels, destination. */
+  log?: import('./log.js').LogConfig;
   redis?: { url?: string };
   groups: GroupConfig[];
   plugins: Record<string, Record<string, unknown>>;

@@ -100,13 +100,6 @@ class ResponseView implements ResponseHead {
     public headers: Headers,
     public raw: ResponseData['body'] | undefined,
   ) {}
-  /** Byte length of a body held in memory, without decoding it; undefined when streamed or absent. */
-  get bodyLength(): number | undefined {
-    const b = this.raw;
-    if (typeof b === 'string') return Buffer.byteLength(b);
-    if (b instanceof Uint8Array) return b.byteLength;
-    return undefined;
-  }
   get body(): string | undefined {
     const b = this.raw;
     if (typeof b === 'string') return b;
@@ -150,6 +143,7 @@ export class Kernel {
     this.#opts = opts;
     this.config = opts.config;
     this.log = opts.logger ?? new Logger();
+    this.log.configure(opts.config.log);
     this.siteDir = resolve(opts.siteDir ?? process.cwd());
     this.#adminToken = opts.config.admin.token ? Buffer.from(opts.config.admin.token) : null;
     this.metrics = new KernelMetrics(() =>
@@ -440,9 +434,6 @@ export class Kernel {
 
   #accept(socket: net.Socket, admin: boolean): void {
     socket.on('error', () => socket.destroy());
-    // Node's http sets this only on sockets it accepts itself; without it a
-    // response written in several pieces waits on Nagle and delayed ACKs.
-    socket.setNoDelay(true);
     if (admin) (socket as unknown as Record<symbol, boolean>)[kAdmin] = true;
     const chain = this.#chains.onConnect;
     if (this.#draining) return void socket.destroy();

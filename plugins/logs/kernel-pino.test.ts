@@ -1,8 +1,7 @@
 /**
- * PENDING KERNEL CHANGE: these tests cover the kernel logger proposed in
- * /tmp/kernel-pino.patch (pino behind kernel/log.ts, `log.level`,
- * `log.plugins` and `log.destination` in bext.config.json). They are
- * skipped until that patch is applied (detected by `Logger#configure`).
+ * The kernel logger: pino behind kernel/log.ts, with `log.level`,
+ * `log.plugins` (a level per plugin) and `log.destination` in
+ * bext.config.json.
  */
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -12,7 +11,6 @@ import { Logger } from '../../kernel/log.js';
 import { startBext, type Bext } from '../../sdk/harness.js';
 import { plugin, until } from '../../test/helpers.js';
 
-const applied = typeof (Logger.prototype as unknown as { configure?: unknown }).configure === 'function';
 const running: Bext[] = [];
 afterEach(async () => {
   while (running.length) await running.pop()!.close();
@@ -21,7 +19,7 @@ afterEach(async () => {
 type Configurable = Logger & { configure(c: unknown): void; setPluginLevel(p: string, l: string | null): void; flush(): Promise<void> };
 const make = (opts: Record<string, unknown>) => new (Logger as unknown as new (o: Record<string, unknown>) => Configurable)(opts);
 
-describe.skipIf(!applied)('kernel logger on pino (pending /tmp/kernel-pino.patch)', () => {
+describe('kernel logger on pino', () => {
   it('writes JSON lines with level names, and honours per-plugin levels', () => {
     const lines: string[] = [];
     const seen: string[] = [];
