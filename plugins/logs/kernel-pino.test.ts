@@ -1,7 +1,8 @@
 /**
- * The kernel logger: pino behind kernel/log.ts, with `log.level`,
- * `log.plugins` (a level per plugin) and `log.destination` in
- * bext.config.json.
+ * The kernel logger on pino: JSON lines with level names, a level per
+ * plugin, a destination, all from the `log` section of bext.config.json.
+ * The log stream (`/__bext/logs`) sees every record whatever these levels
+ * say; these tests are about what the kernel writes.
  */
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
