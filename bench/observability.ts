@@ -13,7 +13,8 @@
  * - `default`: the whole default stack (`on` plus logs and the dashboard's
  *   once-a-second snapshot);
  * - `tracing`: `on` plus tracing every request (sampleRatio 1, a server span
- *   and a span per hook) exported over OTLP/HTTP to a sink in this process.
+ *   and a span per hook) exported over OTLP/HTTP to a sink in this process;
+ *   `tracing10`: the same with sampleRatio 0.1.
  *
  * Every server also gets a load balancer's `/health` probe every 5 s, as a
  * deployed one would: an occasional request on another route (a probe, a
@@ -60,10 +61,10 @@ async function serve(variant: string, otlp: string | undefined): Promise<void> {
   const lock = JSON.parse(readFileSync(join(ROOT, 'plugins.lock.json'), 'utf8')) as { plugins: { name: string; source: string; capabilities: string[]; order: number }[] };
   const observability = new Set(['metrics', 'requestlog', 'logs', 'dashboard']);
   const keep = (name: string) =>
-    !observability.has(name) || variant === 'default' || ((variant === 'on' || variant === 'tracing') && (name === 'metrics' || name === 'requestlog'));
+    !observability.has(name) || variant === 'default' || ((variant === 'on' || variant.startsWith('tracing')) && (name === 'metrics' || name === 'requestlog'));
   const plugins = [...lock.plugins].sort((a, b) => a.order - b.order).filter((p) => keep(p.name)).map((p) => ({ source: p.source, grants: p.capabilities }));
   if (variant === 'observer') plugins.push({ source: `file:${noopObserver()}`, grants: [] });
-  if (variant === 'tracing') plugins.push({ source: `file:${join(ROOT, 'plugins', 'tracing')}`, grants: ['metrics'] });
+  if (variant.startsWith('tracing')) plugins.push({ source: `file:${join(ROOT, 'plugins', 'tracing')}`, grants: ['metrics'] });
   const names = plugins.map((p) => p.source);
   const config = parseConfig(
     {
@@ -71,7 +72,7 @@ async function serve(variant: string, otlp: string | undefined): Promise<void> {
       admin: { port: 0, host: '127.0.0.1' },
       plugins: {
         static: { root: '.' },
-        ...(variant === 'tracing' ? { tracing: { endpoint: otlp, sampleRatio: 1 } } : {}),
+        ...(variant.startsWith('tracing') ? { tracing: { endpoint: otlp, sampleRatio: variant === 'tracing10' ? 0.1 : 1 } } : {}),
       },
     },
     'bench config',
@@ -105,7 +106,7 @@ async function run(): Promise<void> {
   await new Promise<void>((r) => sink.listen(0, '127.0.0.1', () => r()));
   const otlp = `http://127.0.0.1:${(sink.address() as AddressInfo).port}/v1/traces`;
   const self = join(ROOT, 'bench', 'observability.ts');
-  const variants = ['off', 'observer', 'on', 'default', 'tracing'];
+  const variants = ['off', 'observer', 'on', 'default', 'tracing', 'tracing10'];
   const servers = Object.fromEntries(await Promise.all(variants.map(async (v) => [v, await startServer(self, ['serve', v, otlp])] as const)));
   try {
     for (const s of Object.values(servers)) await load(`http://127.0.0.1:${s.port}/`, 1);
@@ -137,8 +138,9 @@ async function run(): Promise<void> {
       on: 'off + metrics (scraped every 15 s) + request capture',
       default: 'whole default stack (+ logs, dashboard)',
       tracing: 'on + tracing (every request, OTLP/HTTP)',
+      tracing10: 'on + tracing (sampleRatio 0.1)',
     };
-    const target: Record<string, string> = { off: '—', observer: 'part', on: '≥ 0.95', default: 'report', tracing: 'report' };
+    const target: Record<string, string> = { off: '—', observer: 'part', on: '≥ 0.95', default: 'report', tracing: 'report', tracing10: 'report' };
     for (const [name, l] of res) {
       const cpu = cpuUs.get(name);
       const cpuCols = cpu !== undefined && baseCpu !== undefined ? `${cpu.toFixed(1)} | ${(baseCpu / cpu).toFixed(3)}` : '— | —';
