@@ -70,7 +70,7 @@ describe('ddos', () => {
     const monitoring = new Promise<void>((r) => (sampling = r));
     const p = await load({ requestRate: { limit: 0 }, exemptPaths: ['/health'], shedding: { eventLoopDelayMs: 50, heapUsedRatio: 0, checkIntervalMs: 20, retryAfterSeconds: 7 } }, (m) => {
       on.onMetric(m);
-      if (m[0] === 'event_loop_delay_p99_ms' && m[1] > 0) sampling();
+      if (m[0] === 'event_loop_delay_p99_seconds' && m[1] > 0) sampling();
       if (m[0] === 'shedding' && m[1] === 0) off();
     });
     expect(p.onRequest!(req())).toBeUndefined();

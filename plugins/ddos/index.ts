@@ -94,7 +94,7 @@ export default definePlugin((host) => {
     const heap = v8.getHeapStatistics();
     const heapRatio = heap.used_heap_size / heap.heap_size_limit;
     const over = (loop !== null && delayMs > s.eventLoopDelayMs) || (s.heapUsedRatio > 0 && heapRatio > s.heapUsedRatio);
-    host.metric('event_loop_delay_p99_ms', delayMs, undefined, 'gauge');
+    host.metric('event_loop_delay_p99_seconds', delayMs / 1000, undefined, 'gauge');
     host.metric('heap_used_ratio', heapRatio, undefined, 'gauge');
     host.metric('open_connections', total, undefined, 'gauge');
     if (over !== shedding) {
