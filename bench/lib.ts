@@ -5,6 +5,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import type { RequestData } from '../plugin-api/index.js';
 import { join, relative } from 'node:path';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
@@ -111,3 +112,24 @@ export async function startNext(app: string): Promise<{ port: number; stop(): Pr
     },
   };
 }
+
+/** The realistic onRequest hook (method, path, 6 headers) as a trusted function: the sandbox benches' baseline. */
+export function trustedOnRequest(req: RequestData) {
+  const h = req.headers;
+  if (req.method === 'POST' && !h['content-type']) return { action: 'respond', status: 415 };
+  if (req.path.startsWith('/admin') && !h.authorization) return { action: 'respond', status: 401 };
+  return { action: 'continue', setHeaders: { 'x-client': String(h['user-agent'] ?? '').slice(0, 16) } };
+}
+
+export const SAMPLE_REQUEST: RequestData = {
+  id: '1', method: 'GET', path: '/api/items/42', query: 'page=2', host: 'example.com', remoteAddress: '10.0.0.1',
+  scheme: 'http', httpVersion: '1.1', ctx: {},
+  headers: {
+    host: 'example.com',
+    'user-agent': 'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36',
+    accept: 'text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8',
+    'accept-encoding': 'gzip, deflate, br',
+    'accept-language': 'en-US,en;q=0.9',
+    cookie: 'sid=4f9a1c2e8b; theme=dark',
+  },
+};

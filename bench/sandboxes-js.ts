@@ -8,6 +8,7 @@
  *
  * `npx tsx bench/sandboxes-js.ts` (BENCH_ROUNDS, BENCH_CALLS, BENCH_TENANTS to change the size).
  */
+import { SAMPLE_REQUEST as req, trustedOnRequest } from './lib.js';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { setFlagsFromString } from 'node:v8';
@@ -34,25 +35,6 @@ export async function onRender(req) {
 }
 `;
 
-function trustedOnRequest(req: RequestData) {
-  const h = req.headers;
-  if (req.method === 'POST' && !h['content-type']) return { action: 'respond', status: 415 };
-  if (req.path.startsWith('/admin') && !h.authorization) return { action: 'respond', status: 401 };
-  return { action: 'continue', setHeaders: { 'x-client': String(h['user-agent'] ?? '').slice(0, 16) } };
-}
-
-const req: RequestData = {
-  id: '1', method: 'GET', path: '/api/items/42', query: 'page=2', host: 'example.com', remoteAddress: '10.0.0.1',
-  scheme: 'http', httpVersion: '1.1', ctx: {},
-  headers: {
-    host: 'example.com',
-    'user-agent': 'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36',
-    accept: 'text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8',
-    'accept-encoding': 'gzip, deflate, br',
-    'accept-language': 'en-US,en;q=0.9',
-    cookie: 'sid=4f9a1c2e8b; theme=dark',
-  },
-};
 
 const dir = await mkdtemp(path.join(tmpdir(), 'bext-bench-js-'));
 const entryPath = path.join(dir, 'plugin.js');

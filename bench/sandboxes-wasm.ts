@@ -7,6 +7,7 @@
  *
  * `npx tsx bench/sandboxes-wasm.ts` (BENCH_ROUNDS, BENCH_CALLS to change the size).
  */
+import { SAMPLE_REQUEST as req, trustedOnRequest } from './lib.js';
 import { mkdtemp, readFile, rm, writeFile, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -30,25 +31,6 @@ export function onRequest(): i32 {
 }
 `;
 
-function trustedOnRequest(req: RequestData) {
-  const h = req.headers;
-  if (req.method === 'POST' && !h['content-type']) return { action: 'respond', status: 415 };
-  if (req.path.startsWith('/admin') && !h.authorization) return { action: 'respond', status: 401 };
-  return { action: 'continue', setHeaders: { 'x-client': String(h['user-agent'] ?? '').slice(0, 16) } };
-}
-
-const req: RequestData = {
-  id: '1', method: 'GET', path: '/api/items/42', query: 'page=2', host: 'example.com', remoteAddress: '10.0.0.1',
-  scheme: 'http', httpVersion: '1.1', ctx: {},
-  headers: {
-    host: 'example.com',
-    'user-agent': 'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36',
-    accept: 'text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8',
-    'accept-encoding': 'gzip, deflate, br',
-    'accept-language': 'en-US,en;q=0.9',
-    cookie: 'sid=4f9a1c2e8b; theme=dark',
-  },
-};
 
 const dir = await mkdtemp(path.join(tmpdir(), 'bext-bench-wasm-'));
 await mkdir(path.join(dir, 'assembly'));
