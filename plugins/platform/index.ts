@@ -20,7 +20,7 @@ import {
   type HostApi, type KernelServices, type ResponseData, type TrustedRequest,
 } from '../../plugin-api/index.js';
 import {
-  byteCounter, copySite, extractBundle, hashTree, previousVersion, siteRoot, Store, treeSize, withSwitch,
+  byteCounter, copySite, extractBundle, hashTree, previousVersion, serialFor, siteRoot, Store, switching, treeSize, whileSwitching, withSwitch,
   type HistoryEntry, type PlatformState, type VersionMeta,
 } from './store.js';
 
@@ -145,15 +145,17 @@ export default definePlugin(async (host: HostApi) => {
   if (!ks) throw new BextError('BEXT_ERR_PLUGIN_LOAD', 'the platform plugin needs the kernel services of a trusted plugin', { hint: 'load it with "sandbox": "trusted"' });
   const kernel = ks;
   const store = new Store(resolve(kernel.siteDir, cfg.dataDir));
-  let state: PlatformState = await store.readState();
+  const state: PlatformState = await store.readState();
 
   // Working folders of deploys a stopped process left behind (a live
   // reload's deploys are younger than an hour and left alone).
   await store.cleanOldTemp();
 
   // Persisted live versions take effect now: the kernel loads the per-app
-  // instances after every global plugin's factory has run.
-  for (const [app, a] of Object.entries(state.apps)) {
+  // instances after every global plugin's factory has run. Not while a
+  // switch is running: that switch's reload is what re-creates this
+  // instance, and the kernel already holds the sources it chose.
+  for (const [app, a] of switching(store.dataDir) ? [] : Object.entries(state.apps)) {
     for (const [env, e] of Object.entries(a.environments)) {
       if (!e.live) continue;
       const dir = store.versionDir(app, e.live);
@@ -169,13 +171,7 @@ export default definePlugin(async (host: HostApi) => {
     }
   }
 
-  /** Switches and state writes run one at a time, in arrival order. */
-  let queue: Promise<unknown> = Promise.resolve();
-  const serial = <T>(fn: () => Promise<T>): Promise<T> => {
-    const run = queue.then(fn, fn);
-    queue = run.then(() => undefined, () => undefined);
-    return run;
-  };
+  const serial = <T>(fn: () => Promise<T>): Promise<T> => serialFor(store.dataDir, fn);
 
   const publish = (ev: Omit<DeployEvent, 'at'>) => {
     host.publish('system/deploy', { ...ev, at: new Date().toISOString() }).catch((e: unknown) => host.log('warn', 'platform: publishing to system/deploy failed', { error: (e as Error)?.message }));
@@ -211,12 +207,13 @@ export default definePlugin(async (host: HostApi) => {
   function switchTo(app: string, env: string, version: string, event: HistoryEntry['event']): Promise<{ previous: string | null; unchanged: boolean }> {
     return serial(async () => {
       await needVersion(app, version);
+      const state = await store.readState();
       const previous = state.apps[app]?.environments[env]?.live ?? null;
       if (previous === version) return { previous, unchanged: true };
       const setSource = requireAppSource(kernel);
       const back = previous && isDir(store.versionDir(app, previous)) ? { dir: store.versionDir(app, previous), version: previous } : null;
       setSource(app, env, { dir: store.versionDir(app, version), version });
-      const r = await kernel.reload();
+      const r = await whileSwitching(store.dataDir, () => kernel.reload());
       if (!r.ok) {
         setSource(app, env, back);
         throw new SwitchRefused(r.error);
@@ -227,10 +224,9 @@ export default definePlugin(async (host: HostApi) => {
       } catch (e) {
         // Live and persisted must agree: undo the switch.
         setSource(app, env, back);
-        await kernel.reload();
+        await whileSwitching(store.dataDir, () => kernel.reload());
         throw new BextError('BEXT_ERR_PLUGIN_FAILED', `could not persist the switch to ${version}, so it was undone: ${(e as Error).message}`, { hint: `check that ${store.dataDir} is writable` });
       }
-      state = next;
       host.log('info', 'platform: switched', { app, env, version, previous, event });
       return { previous, unchanged: false };
     });
@@ -239,6 +235,7 @@ export default definePlugin(async (host: HostApi) => {
   /** Deletes the oldest versions past keepVersions, never one that is live or the previous live of an environment. */
   function prune(app: string, keep: string): Promise<string[]> {
     return serial(async () => {
+      const state = await store.readState();
       const protect = new Set<string>([keep]);
       for (const [env, e] of Object.entries(state.apps[app]?.environments ?? {})) {
         if (e.live) protect.add(e.live);
@@ -261,7 +258,7 @@ export default definePlugin(async (host: HostApi) => {
     });
   }
 
-  /** Publishes a `failed` event for a switch that did not happen, and rethrows. */
+  /** Publishes a `failed` event for a promote or rollback that did not happen, and rethrows. */
   function failed(action: string, app: string, env: string, version: string | undefined, e: unknown): never {
     const err = e instanceof SwitchRefused ? e.error : e instanceof BextError ? e : null;
     publish({ event: 'failed', action, app, env, ...(version ? { version } : {}), code: err?.code ?? 'BEXT_ERR_PLUGIN_FAILED', message: err?.message ?? String((e as Error)?.message ?? e) });
@@ -386,36 +383,44 @@ export default definePlugin(async (host: HostApi) => {
     const version = str(b.version, 'version', false);
     const from = str(b.from, 'from', false);
     if ((version === undefined) === (from === undefined)) throw new BextError('BEXT_ERR_DEPLOY_INVALID', 'promote needs exactly one of "version" (an id) or "from" (an environment whose live version to promote)');
-    findApp(app, to);
     let id = version;
-    if (from !== undefined) {
-      findApp(app, from);
-      id = state.apps[app]?.environments[from]?.live ?? undefined;
-      if (!id) throw new BextError('BEXT_ERR_DEPLOY_UNKNOWN_VERSION', `environment "${from}" of app "${app}" has no deployed version live`, { hint: `deploy to it first (\`bext deploy <folder> --app ${app} --env ${from}\`), or promote a version by id` });
+    try {
+      findApp(app, to);
+      if (from !== undefined) {
+        findApp(app, from);
+        id = (await store.readState()).apps[app]?.environments[from]?.live ?? undefined;
+        if (!id) throw new BextError('BEXT_ERR_DEPLOY_UNKNOWN_VERSION', `environment "${from}" of app "${app}" has no deployed version live`, { hint: `deploy to it first (\`bext deploy <folder> --app ${app} --env ${from}\`), or promote a version by id` });
+      }
+      const r = await switchTo(app, to, id!, 'promoted');
+      publish({ event: 'promoted', app, env: to, version: id, previous: r.previous });
+      return json(200, { app, env: to, version: id, previous: r.previous, unchanged: r.unchanged, ...(from ? { from } : {}) });
+    } catch (e) {
+      failed('promote', app, to, id, e);
     }
-    const r = await switchTo(app, to, id!, 'promoted').catch((e: unknown) => failed('promote', app, to, id, e));
-    publish({ event: 'promoted', app, env: to, version: id, previous: r.previous });
-    return json(200, { app, env: to, version: id, previous: r.previous, unchanged: r.unchanged, ...(from ? { from } : {}) });
   }
 
   async function rollbackRoute(req: TrustedRequest): Promise<ResponseData> {
     const b = await readJson(req);
     const app = str(b.app, 'app', true)!;
     const env = str(b.env, 'env', false) ?? 'production';
-    findApp(app, env);
     let to = str(b.to, 'to', false);
-    if (to === undefined) {
-      to = previousVersion(state, app, env) ?? undefined;
-      if (!to) throw new BextError('BEXT_ERR_DEPLOY_NO_PREVIOUS', `environment "${env}" of app "${app}" has no earlier version in its history`, { hint: `name one with --to <id> (\`bext versions --app ${app}\` lists them)` });
+    try {
+      findApp(app, env);
+      if (to === undefined) {
+        to = previousVersion(await store.readState(), app, env) ?? undefined;
+        if (!to) throw new BextError('BEXT_ERR_DEPLOY_NO_PREVIOUS', `environment "${env}" of app "${app}" has no earlier version in its history`, { hint: `name one with --to <id> (\`bext versions --app ${app}\` lists them)` });
+      }
+      const r = await switchTo(app, env, to, 'rolled-back');
+      publish({ event: 'rolled-back', app, env, version: to, previous: r.previous });
+      return json(200, { app, env, version: to, previous: r.previous, unchanged: r.unchanged });
+    } catch (e) {
+      failed('rollback', app, env, to, e);
     }
-    const r = await switchTo(app, env, to, 'rolled-back').catch((e: unknown) => failed('rollback', app, env, to, e));
-    publish({ event: 'rolled-back', app, env, version: to, previous: r.previous });
-    return json(200, { app, env, version: to, previous: r.previous, unchanged: r.unchanged });
   }
 
   async function listing(view: AppView): Promise<Record<string, unknown>> {
     const versions = await store.versions(view.name);
-    const st = state.apps[view.name]?.environments ?? {};
+    const st = (await store.readState()).apps[view.name]?.environments ?? {};
     const environments: Record<string, unknown> = {};
     const live: Record<string, string | null> = {};
     for (const [env, e] of Object.entries(view.environments)) {

@@ -378,6 +378,44 @@ export function previousVersion(s: PlatformState, app: string, env: string): str
   return null;
 }
 
+/*
+ * Coordination between instances of the plugin in one process. The kernel
+ * imports a trusted plugin's entry afresh at each load, but not the modules
+ * it imports, so these live here: a reload that re-creates the plugin (its
+ * config changed, say) runs while the old instance's switch is in flight.
+ */
+const coordination = new Map<string, { queue: Promise<unknown>; switching: number }>();
+
+function slot(dataDir: string): { queue: Promise<unknown>; switching: number } {
+  let s = coordination.get(dataDir);
+  if (!s) coordination.set(dataDir, (s = { queue: Promise.resolve(), switching: 0 }));
+  return s;
+}
+
+/** Runs `fn` after every earlier call for the same data folder settled. */
+export function serialFor<T>(dataDir: string, fn: () => Promise<T>): Promise<T> {
+  const s = slot(dataDir);
+  const run = s.queue.then(fn, fn);
+  s.queue = run.then(() => undefined, () => undefined);
+  return run;
+}
+
+/** Marks a switch's reload as running, so a plugin instance it creates leaves the app sources alone. */
+export async function whileSwitching<T>(dataDir: string, fn: () => Promise<T>): Promise<T> {
+  const s = slot(dataDir);
+  s.switching++;
+  try {
+    return await fn();
+  } finally {
+    s.switching--;
+  }
+}
+
+/** Whether a switch's reload is running for this data folder. */
+export function switching(dataDir: string): boolean {
+  return (coordination.get(dataDir)?.switching ?? 0) > 0;
+}
+
 /** Whether `child` is `parent` or inside it. */
 export function inside(parent: string, child: string): boolean {
   const r = relative(resolve(parent), resolve(child));
