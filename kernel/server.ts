@@ -247,7 +247,8 @@ export class Kernel {
         const prev = names.get(m.name);
         if (prev) throw new BextError('BEXT_ERR_PLUGIN_DUPLICATE', `plugin name "${m.name}" is claimed by both ${prev} and ${loc.source}`, { hint: 'remove one of them, or rename one plugin' });
         names.set(m.name, loc.source);
-        const integrity = spec.integrity || previous ? computeIntegrity(loc.root) : '';
+        // Always hashed: the first reload must see the same fingerprint for an unchanged plugin.
+        const integrity = computeIntegrity(loc.root);
         if (spec.integrity && integrity !== spec.integrity) {
           throw new BextError('BEXT_ERR_LOCK_INTEGRITY', `plugin "${m.name}" (${loc.source}) does not match its locked integrity: locked ${spec.integrity}, found ${integrity}`, {
             hint: `if you changed it on purpose, re-lock with \`bext plugin add ${loc.source}\`; otherwise restore its files`,

@@ -255,3 +255,77 @@ describe('hosted apps', () => {
     expect((await get(b.url, 'blog.test', '/')).body).toBe('<h1>blog home</h1>');
   });
 });
+
+describe('per-app cache namespaces', () => {
+  let b: Bext;
+  const prefix = `bext:test-apps-${process.pid}-${Date.now()}:`;
+  beforeAll(async () => {
+    const site = mkdtempSync(join(tmp(), 'apps-cache-'));
+    for (const app of ['one', 'two']) {
+      mkdirSync(join(site, app, 'public'), { recursive: true });
+      writeFileSync(join(site, app, 'public', 'page.html'), `<p>${app}</p>`);
+    }
+    b = await startBext({
+      siteDir: site,
+      plugins: ['cache', 'static'],
+      config: {
+        apps: [
+          { name: 'one', hosts: ['one.test'], site: './one' },
+          { name: 'two', hosts: ['two.test'], site: './two' },
+        ],
+        plugins: { cache: { rules: [{ paths: ['/**'], mode: 'static' }], redis: { url: 'redis://127.0.0.1:6379', keyPrefix: prefix } } },
+      },
+    });
+  });
+  afterAll(() => b.close());
+
+  it('caches the same path of two apps apart, in memory and under each app\'s Redis prefix', async () => {
+    const { Redis } = await import('ioredis');
+    const redis = new Redis('redis://127.0.0.1:6379');
+    try {
+      for (let i = 0; i < 2; i++) {
+        expect((await get(b.url, 'one.test', '/page.html')).body).toBe('<p>one</p>');
+        expect((await get(b.url, 'two.test', '/page.html')).body).toBe('<p>two</p>');
+      }
+      const hit = await get(b.url, 'two.test', '/page.html');
+      expect(String(hit.headers['cache-status'])).toMatch(/hit/);
+      await until(async () => (await redis.keys(`${prefix}one:*`)).length > 0 && (await redis.keys(`${prefix}two:*`)).length > 0, 5000, 'entries under both app prefixes');
+      expect(b.kernel.plugins().map((p) => p.name)).toEqual(expect.arrayContaining(['cache@one', 'cache@two']));
+    } finally {
+      const keys = await redis.keys(`${prefix}*`);
+      if (keys.length) await redis.del(...keys);
+      redis.disconnect();
+    }
+  });
+});
+
+describe('groups follow the config file on reload', () => {
+  it('adds a per-group instance, removes it, and refuses a broken group', async () => {
+    const { Kernel } = await import('../../kernel/server.js');
+    const { loadConfig } = await import('../../kernel/config.js');
+    const { Logger } = await import('../../kernel/log.js');
+    const dir = mkdtempSync(join(tmp(), 'groups-reload-'));
+    const file = join(dir, 'bext.config.json');
+    const write = (groups: unknown[]) => writeFileSync(file, JSON.stringify({ server: { port: 0, host: '127.0.0.1' }, admin: { port: null }, groups }));
+    write([]);
+    const k = await Kernel.create({ config: loadConfig(file), configFile: file, plugins: [{ source: whoami('who5') }], logger: new Logger('error') });
+    const url = `http://127.0.0.1:${(await k.listen()).port}`;
+    try {
+      expect(JSON.parse((await get(url, 'x.test', '/v1/a')).body).config).toEqual({ tag: 'base' });
+      write([{ name: 'v1', paths: ['/v1/**'], plugins: { who5: { tag: 'v1' } } }]);
+      expect(await k.reload()).toMatchObject({ ok: true, loaded: ['who5@v1'] });
+      expect(JSON.parse((await get(url, 'x.test', '/v1/a')).body)).toMatchObject({ config: { tag: 'v1' }, group: 'v1' });
+      expect(JSON.parse((await get(url, 'x.test', '/')).body).config).toEqual({ tag: 'base' });
+      write([{ name: 'v1', paths: ['/v1/**'], plugins: { who5: { tag: 7 } } }]);
+      const bad = await k.reload();
+      expect(bad.ok).toBe(false);
+      expect(!bad.ok && bad.error.message).toMatch(/\$\.groups\.0\.plugins\.who5\.tag|\$\.groups\[0\]\.plugins\.who5\.tag/);
+      expect(JSON.parse((await get(url, 'x.test', '/v1/a')).body).config).toEqual({ tag: 'v1' });
+      write([]);
+      expect(await k.reload()).toMatchObject({ ok: true, removed: ['who5@v1'] });
+      expect(JSON.parse((await get(url, 'x.test', '/v1/a')).body)).toMatchObject({ config: { tag: 'base' }, group: 'default' });
+    } finally {
+      await k.close(0);
+    }
+  });
+});
