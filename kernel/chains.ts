@@ -6,9 +6,10 @@
 import FindMyWay from 'find-my-way';
 import {
   BextError, compileMatch, globToRegExp, hostMatches,
-  type HookName, type MatchFn,
+  type AppRef, type HookName, type MatchFn,
 } from '../plugin-api/index.js';
-import type { GroupConfig } from './config.js';
+import type { GroupLimits } from './config.js';
+import { GroupLimiter } from './groups.js';
 import type { LoadedPlugin } from './plugin.js';
 
 export interface ChainEntry {
@@ -39,6 +40,10 @@ export interface CompiledGroup {
   needsBody: boolean;
   /** Whether some response hook wants the buffered response body. */
   needsResponseBody: boolean;
+  /** The group's limits, or null when it has none. */
+  limiter: GroupLimiter | null;
+  /** The app environment this group serves, when it is an app's. */
+  app: AppRef | null;
 }
 
 export interface CompiledChains {
@@ -66,7 +71,8 @@ function chainOf(plugins: LoadedPlugin[], hook: HookName): ChainEntry[] | null {
   return out.length ? out : null;
 }
 
-function groupMatcher(g: GroupConfig): ((host: string, path: string) => boolean) {
+/** Matches a group's hosts and path globs (both must match when both are given). */
+export function groupMatcher(g: { hosts?: string[]; paths?: string[] }): ((host: string, path: string) => boolean) {
   const hosts = g.hosts?.length ? g.hosts : null;
   const paths = g.paths?.length ? g.paths.map(globToRegExp) : null;
   return (host, path) => {
@@ -76,7 +82,38 @@ function groupMatcher(g: GroupConfig): ((host: string, path: string) => boolean)
   };
 }
 
-function compileGroup(name: string, matches: CompiledGroup['matches'], plugins: LoadedPlugin[]): CompiledGroup {
+/**
+ * The base plugin set of a group from its only/add/remove lists, over the
+ * global plugins. `where` is the group's JSON path, for error messages.
+ */
+export function groupBaseSet(g: { only?: string[]; add?: string[]; remove?: string[] }, byName: ReadonlyMap<string, LoadedPlugin>, global: LoadedPlugin[], where: string, file = 'bext.config.json'): LoadedPlugin[] {
+  const resolve = (key: 'only' | 'add' | 'remove') =>
+    (g[key] ?? []).map((n) => {
+      const p = byName.get(n);
+      if (!p) {
+        throw new BextError('BEXT_ERR_CONFIG_INVALID', `${file}: ${where}.${key}: plugin "${n}" is not loaded`, { hint: `lock it first with \`bext plugin add ${n}\`` });
+      }
+      return p;
+    });
+  let set: LoadedPlugin[];
+  if (g.only) set = resolve('only');
+  else {
+    const remove = new Set(resolve('remove'));
+    set = [...global.filter((p) => !remove.has(p)), ...resolve('add').filter((p) => !remove.has(p))];
+  }
+  return [...new Set(set)].sort((a, b) => a.order - b.order);
+}
+
+/** A group with its plugins resolved (per-group instances included), ready to compile. */
+export interface GroupPlan {
+  name: string;
+  matches: CompiledGroup['matches'];
+  plugins: LoadedPlugin[];
+  limits: GroupLimits | undefined;
+  app: AppRef | null;
+}
+
+function compileGroup(name: string, matches: CompiledGroup['matches'], plugins: LoadedPlugin[], limits?: GroupLimits, app: AppRef | null = null): CompiledGroup {
   const router = FindMyWay({ ignoreTrailingSlash: false, caseSensitive: true, maxParamLength: 500 });
   const claimed = new Map<string, string>();
   for (const p of plugins) {
@@ -115,38 +152,24 @@ function compileGroup(name: string, matches: CompiledGroup['matches'], plugins: 
     router,
     needsBody: needs(['onRequest', 'onRoute', 'onRender'], 'body'),
     needsResponseBody: needs(['onResponse'], 'response.body'),
+    limiter: limits && Object.keys(limits).length ? new GroupLimiter(limits) : null,
+    app,
   };
 }
 
-/** Builds every group's chains; throws on route conflicts and unknown plugin names. */
-export function compileChains(plugins: LoadedPlugin[], groups: GroupConfig[]): CompiledChains {
-  const byPluginName = new Map(plugins.map((p) => [p.name, p]));
-  const global = plugins.filter((p) => p.scope === 'global');
-  const resolve = (g: GroupConfig, key: 'only' | 'add' | 'remove') =>
-    (g[key] ?? []).map((n) => {
-      const p = byPluginName.get(n);
-      if (!p) {
-        throw new BextError('BEXT_ERR_CONFIG_INVALID', `bext.config.json: $.groups[name=${g.name}].${key}: plugin "${n}" is not loaded`, { hint: `lock it first with \`bext plugin add ${n}\`` });
-      }
-      return p;
-    });
-  const compiled: CompiledGroup[] = [];
-  for (const g of groups) {
-    let set: LoadedPlugin[];
-    if (g.only) set = resolve(g, 'only');
-    else {
-      const remove = new Set(resolve(g, 'remove'));
-      set = [...global.filter((p) => !remove.has(p)), ...resolve(g, 'add').filter((p) => !remove.has(p))];
-    }
-    set = [...new Set(set)].sort((a, b) => a.order - b.order);
-    compiled.push(compileGroup(g.name, groupMatcher(g), set));
-  }
-  const def = compileGroup('default', null, global);
-  compiled.push(def);
+/**
+ * Builds every group's chains, then the default group over the global
+ * plugins; throws on route conflicts. `all` is every loaded instance
+ * (per-group ones included), which the onPublish fan-out reaches.
+ */
+export function compileChains(all: LoadedPlugin[], plans: GroupPlan[]): CompiledChains {
+  const global = all.filter((p) => p.scope === 'global' && p.group === null);
+  const compiled = plans.map((g) => compileGroup(g.name, g.matches, g.plugins, g.limits, g.app));
+  compiled.push(compileGroup('default', null, global));
   return {
     groups: compiled,
     byName: new Map(compiled.map((g) => [g.name, g])),
     onConnect: chainOf(global, 'onConnect'),
-    onPublish: chainOf(plugins, 'onPublish'),
+    onPublish: chainOf(all, 'onPublish'),
   };
 }

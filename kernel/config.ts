@@ -9,6 +9,27 @@ import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import addFormatsModule from 'ajv-formats';
 import { BextError } from '../plugin-api/index.js';
 
+/** Caps the kernel applies to one group's requests before any plugin runs. */
+export interface GroupLimits {
+  /** Requests served at once; beyond it, 503 BEXT_ERR_GROUP_OVERLOADED. */
+  maxInflight?: number;
+  /** Sustained rate for the whole group; beyond it, 429 BEXT_ERR_GROUP_RATE_LIMITED. */
+  requestsPerSecond?: number;
+  burst?: number;
+  /** Largest request body for this group (replaces server.bodyLimit). */
+  bodyBytes?: number;
+}
+
+/**
+ * A route group (middleware group): a plugin set for requests matching
+ * hosts and paths, with optional per-plugin configuration and limits.
+ *
+ * @example
+ * ```json
+ * { "name": "api", "paths": ["/api/**"], "remove": ["ssr"], "add": ["auth"],
+ *   "plugins": { "ratelimit": { "rate": 50 } }, "limits": { "maxInflight": 200 } }
+ * ```
+ */
 export interface GroupConfig {
   name: string;
   hosts?: string[];
@@ -16,6 +37,41 @@ export interface GroupConfig {
   only?: string[];
   add?: string[];
   remove?: string[];
+  /** Plugin configuration for this group only, merged over the top-level section. */
+  plugins?: Record<string, Record<string, unknown>>;
+  limits?: GroupLimits;
+}
+
+/** One environment of an app: its hosts and, optionally, its own site or upstream. */
+export interface AppEnvironmentConfig {
+  hosts: string[];
+  site?: string;
+  proxy?: string;
+}
+
+/**
+ * An app hosted by hostname: a site folder or a proxy target, with its own
+ * plugin set, configuration, cache namespace and limits. `hosts` are the
+ * production hosts; `environments` adds others (staging…).
+ *
+ * @example
+ * ```json
+ * { "name": "blog", "hosts": ["blog.example.com"], "site": "./sites/blog",
+ *   "environments": { "staging": { "hosts": ["staging.blog.example.com"] } },
+ *   "limits": { "requestsPerSecond": 500 } }
+ * ```
+ */
+export interface AppConfig {
+  name: string;
+  hosts: string[];
+  site?: string;
+  proxy?: string;
+  environments?: Record<string, AppEnvironmentConfig>;
+  only?: string[];
+  add?: string[];
+  remove?: string[];
+  plugins?: Record<string, Record<string, unknown>>;
+  limits?: GroupLimits;
 }
 
 export interface BextConfig {
@@ -34,12 +90,13 @@ export interface BextConfig {
   log?: import('./log.js').LogConfig;
   redis?: { url?: string };
   groups: GroupConfig[];
+  apps: AppConfig[];
   plugins: Record<string, Record<string, unknown>>;
 }
 
 /** A partial config as written by a user, before defaults. */
 export type BextConfigInput = {
-  [K in keyof BextConfig]?: K extends 'groups' ? GroupConfig[] : K extends 'plugins' ? Record<string, Record<string, unknown>> : Partial<BextConfig[K]>;
+  [K in keyof BextConfig]?: K extends 'groups' ? GroupConfig[] : K extends 'apps' ? AppConfig[] : K extends 'plugins' ? Record<string, Record<string, unknown>> : Partial<BextConfig[K]>;
 } & { $schema?: string };
 
 export const CONFIG_SCHEMA_PATH = fileURLToPath(new URL('./config.schema.json', import.meta.url));
@@ -132,6 +189,7 @@ export function parseConfig(input: unknown, file = 'bext.config.json'): BextConf
   cfg.server ??= {};
   cfg.admin ??= {};
   cfg.groups ??= [];
+  cfg.apps ??= [];
   cfg.plugins ??= {};
   if (!validateCore(cfg)) {
     const lines = formatAjvErrors(file, cfg, validateCore.errors);
@@ -152,11 +210,11 @@ const pluginValidators = new WeakMap<object, ValidateFunction>();
  * Validates one plugin's section against its configSchema (unknown keys are
  * errors unless the schema says otherwise) and applies its defaults.
  */
-export function validatePluginConfig(plugin: string, schema: Record<string, unknown> | undefined, section: unknown, file: string): Record<string, unknown> {
+export function validatePluginConfig(plugin: string, schema: Record<string, unknown> | undefined, section: unknown, file: string, at = `/plugins/${plugin}`): Record<string, unknown> {
   const value = structuredClone(section ?? {}) as Record<string, unknown>;
   if (!schema) {
     if (Object.keys(value).length) {
-      throw new BextError('BEXT_ERR_CONFIG_INVALID', `${file}: $.plugins.${plugin}: plugin "${plugin}" takes no configuration, found keys ${Object.keys(value).join(', ')}`);
+      throw new BextError('BEXT_ERR_CONFIG_INVALID', `${file}: ${jsonPath(at)}: plugin "${plugin}" takes no configuration, found keys ${Object.keys(value).join(', ')}`);
     }
     return value;
   }
@@ -167,7 +225,7 @@ export function validatePluginConfig(plugin: string, schema: Record<string, unkn
     pluginValidators.set(schema, v);
   }
   if (!v(value)) {
-    const lines = formatAjvErrors(file, value, v.errors, `/plugins/${plugin}`);
+    const lines = formatAjvErrors(file, value, v.errors, at);
     throw new BextError('BEXT_ERR_CONFIG_INVALID', lines.join('\n'), { details: { errors: lines } });
   }
   return value;

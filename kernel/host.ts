@@ -10,6 +10,7 @@ import {
   BextError, canFetch, canPublish, hostMatches,
   type FetchRequest, type FetchResponse, type HostApi, type KernelServices, type LogLevel, type MetricKind,
 } from '../plugin-api/index.js';
+import type { AppScope } from './groups.js';
 
 /** What the kernel provides to every host object. */
 export interface HostContext {
@@ -18,7 +19,8 @@ export interface HostContext {
   metric(plugin: string, name: string, value: number, labels: Record<string, string> | undefined, kind: MetricKind | undefined): boolean;
   audit(plugin: string, fn: string, detail: string): void;
   kv: KvStore;
-  services(plugin: string): KernelServices;
+  /** Kernel services for a trusted plugin; `instance` names a per-group instance and its app. */
+  services(plugin: string, instance?: { name: string; app: AppScope | null }): KernelServices;
 }
 
 export interface KvStore {
@@ -135,7 +137,7 @@ async function guardedFetch(plugin: string, grants: readonly string[], req: Fetc
 }
 
 /** Builds the HostApi a plugin receives. */
-export function createHost(ctx: HostContext, plugin: string, grants: readonly string[], config: Record<string, unknown>, trusted: boolean): HostApi {
+export function createHost(ctx: HostContext, plugin: string, grants: readonly string[], config: Record<string, unknown>, trusted: boolean, instance?: { name: string; app: AppScope | null }): HostApi {
   const deny = (fn: string, detail: string): never => {
     ctx.audit(plugin, fn, detail);
     throw new BextError('BEXT_ERR_CAP_DENIED', `plugin "${plugin}": ${detail}`, { hint: `grant the capability in plugins.lock.json (\`bext plugin add\`) or remove the ${fn} call` });
@@ -178,6 +180,6 @@ export function createHost(ctx: HostContext, plugin: string, grants: readonly st
     },
     config: <T>() => frozenConfig as T,
   };
-  if (trusted) Object.defineProperty(host, 'kernel', { value: ctx.services(plugin), enumerable: false });
+  if (trusted) Object.defineProperty(host, 'kernel', { value: ctx.services(plugin, instance), enumerable: false });
   return host;
 }

@@ -22,6 +22,14 @@ export class HookFailure {
     readonly hook: HookName,
     readonly error: BextError,
   ) {}
+
+  /**
+   * The request was at fault (its body is over the limit): answered with the
+   * error whatever the plugin's failMode, and not held against the plugin.
+   */
+  get clientFault(): boolean {
+    return this.error.code === 'BEXT_ERR_BODY_TOO_LARGE';
+  }
 }
 
 export function isFailure(x: unknown): x is HookFailure {
@@ -32,7 +40,10 @@ const MAX_BACKOFF_MS = 60_000;
 const BASE_BACKOFF_MS = 1_000;
 
 export class LoadedPlugin {
+  /** The manifest name, or `name@group` for an instance of one route group or app. */
   readonly name: string;
+  /** The manifest name, the same for every instance of the plugin. */
+  readonly pluginName: string;
   readonly version: string;
   readonly sandbox: SandboxKind;
   readonly failMode: 'open' | 'closed';
@@ -61,8 +72,11 @@ export class LoadedPlugin {
     private readonly log: Logger,
     private readonly onQuarantine: (p: LoadedPlugin) => void,
     baseBackoffMs = BASE_BACKOFF_MS,
+    /** The route group this instance belongs to; null for the shared instance. */
+    readonly group: string | null = null,
   ) {
-    this.name = manifest.name;
+    this.pluginName = manifest.name;
+    this.name = group ? `${manifest.name}@${group}` : manifest.name;
     this.version = manifest.version;
     this.sandbox = manifest.sandbox;
     this.failMode = manifest.failMode ?? 'open';
@@ -169,6 +183,7 @@ export class LoadedPlugin {
     this.errors++;
     c.latency.observe((performance.now() - t0) / 1000);
     const err = toBextError(e, this.name, hook);
+    if (err.code === 'BEXT_ERR_BODY_TOO_LARGE') return new HookFailure(this, hook, err);
     this.consecutiveFailures++;
     this.log.warn('plugin hook failed', { plugin: this.name, hook, code: err.code, error: err.message, failMode: this.failMode });
     const trialFailed = this.quarantinedUntil !== 0;

@@ -35,6 +35,9 @@ export class BextRequest implements TrustedRequest {
   route?: string;
   params?: Record<string, string>;
   group?: string;
+  app?: import('../plugin-api/index.js').AppRef;
+  /** The group limiter this request is counted in (kernel bookkeeping). */
+  limiter: import('./groups.js').GroupLimiter | null = null;
   /** Headers that onRequest plugins asked to add to the response. */
   responseHeaders: Headers | null = null;
   /** Per-hook timings, collected only while request observers exist. */
@@ -133,7 +136,7 @@ export class BextRequest implements TrustedRequest {
 
   /** Plain view for logs and JSON. */
   toJSON(): Record<string, unknown> {
-    return { id: this.id, method: this.method, path: this.path, query: this.query, host: this.host, remoteAddress: this.remoteAddress, ctx: this.ctx, route: this.route, group: this.group };
+    return { id: this.id, method: this.method, path: this.path, query: this.query, host: this.host, remoteAddress: this.remoteAddress, ctx: this.ctx, route: this.route, group: this.group, ...(this.app ? { app: this.app } : {}) };
   }
 }
 

@@ -11,17 +11,19 @@ import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import net from 'node:net';
 import tls from 'node:tls';
 import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Readable, pipeline, type Duplex } from 'node:stream';
 import { timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import {
   BextError, DEFAULT_LIMITS,
-  type ConnectInfo, type Headers, type HookName, type KernelServices, type LogLevel, type PluginStatus,
+  type AppInfo, type AppRef, type ConnectInfo, type Headers, type HookName, type KernelServices, type LogLevel, type PluginStatus,
   type PublishMessage, type RequestRecord, type ResponseData, type ResponseHead, type RouteDecision, type SandboxKind,
 } from '../plugin-api/index.js';
 import { sandboxHost } from '../sandboxes/registry.js';
-import { compileChains, type ChainEntry, type CompiledChains, type CompiledGroup, type RouteStore } from './chains.js';
-import { loadConfig, validatePluginConfig, type BextConfig } from './config.js';
+import { compileChains, groupBaseSet, groupMatcher, type ChainEntry, type CompiledChains, type CompiledGroup, type GroupPlan, type RouteStore } from './chains.js';
+import { expandGroups, type AppScope, type AppSource } from './groups.js';
+import { loadConfig, validatePluginConfig, type BextConfig, type GroupLimits } from './config.js';
 import { checkTopic, createHost, MemoryKv, type HostContext, type KvStore } from './host.js';
 import { computeIntegrity } from './integrity.js';
 import { readLock, type LockEntry } from './lock.js';
@@ -62,12 +64,27 @@ export interface KernelOptions {
 
 const LOAD_TIMEOUT_MS = 15_000;
 
+/** What it takes to load one plugin instance. */
+interface Instantiate {
+  loc: ReturnType<typeof locatePlugin>;
+  grants: string[];
+  scope: 'global' | 'group';
+  order: number;
+  /** Source, integrity, grants and scope: with the config, what decides reuse across reloads. */
+  key: string;
+  config: Record<string, unknown>;
+  group: string | null;
+  app: AppScope | null;
+  fingerprint: string;
+}
+
 /** In-flight accounting of one plugin set, so a reload can retire the old one. */
 interface Generation {
   inflight: number;
   onIdle: (() => void) | null;
 }
 const DISPOSE_TIMEOUT_MS = 5_000;
+const BIN = fileURLToPath(new URL('./cli/bin.js', import.meta.url));
 const kAdmin = Symbol('bext.admin');
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
@@ -78,6 +95,11 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
       t = setTimeout(() => rej(new BextError('BEXT_ERR_PLUGIN_TIMEOUT', `${what} did not finish within ${ms} ms`)), ms);
     }),
   ]).finally(() => clearTimeout(t));
+}
+
+/** `$.apps[0].environments.staging` → `/apps/0`: where a group's own `plugins` section lives. */
+function pointer(where: string): string {
+  return where.replace(/\.environments\..*$/, '').slice(1).replace(/\[(\d+)\]/g, '.$1').split('.').join('/');
 }
 
 function isThenable(x: unknown): x is PromiseLike<unknown> {
@@ -138,6 +160,8 @@ export class Kernel {
   #adminToken: Buffer | null;
   #opts: KernelOptions;
   #singleGroup: CompiledGroup | null = null;
+  /** Folders chosen for app environments at run time (deployed versions), by `app/env`. */
+  #appSources = new Map<string, AppSource>();
 
   private constructor(opts: KernelOptions) {
     this.#opts = opts;
@@ -162,7 +186,7 @@ export class Kernel {
       metric: (plugin, name, value, labels, kind) => this.metrics.pluginMetric(plugin, name, value, labels, kind),
       audit: (plugin, fn, detail) => this.#audit(plugin, fn, detail),
       kv: { get: (ns, k) => this.#kv.get(ns, k), set: (ns, k, v, t) => this.#kv.set(ns, k, v, t), del: (ns, k) => this.#kv.del(ns, k) },
-      services: (plugin) => this.#services(plugin),
+      services: (plugin, instance) => this.#services(plugin, instance),
     };
   }
 
@@ -211,6 +235,8 @@ export class Kernel {
     const sections = new Set(Object.keys(config.plugins));
     const plugins: LoadedPlugin[] = [];
     const fresh: LoadedPlugin[] = [];
+    /** How each shared instance was loaded, for its per-group instances. */
+    const made = new Map<LoadedPlugin, Omit<Instantiate, 'config' | 'group' | 'app' | 'fingerprint'>>();
     try {
       for (const [i, spec] of specs.entries()) {
         const loc = locatePlugin(spec.source, base);
@@ -221,7 +247,8 @@ export class Kernel {
         const prev = names.get(m.name);
         if (prev) throw new BextError('BEXT_ERR_PLUGIN_DUPLICATE', `plugin name "${m.name}" is claimed by both ${prev} and ${loc.source}`, { hint: 'remove one of them, or rename one plugin' });
         names.set(m.name, loc.source);
-        const integrity = spec.integrity || previous ? computeIntegrity(loc.root) : '';
+        // Always hashed: the first reload must see the same fingerprint for an unchanged plugin.
+        const integrity = computeIntegrity(loc.root);
         if (spec.integrity && integrity !== spec.integrity) {
           throw new BextError('BEXT_ERR_LOCK_INTEGRITY', `plugin "${m.name}" (${loc.source}) does not match its locked integrity: locked ${spec.integrity}, found ${integrity}`, {
             hint: `if you changed it on purpose, re-lock with \`bext plugin add ${loc.source}\`; otherwise restore its files`,
@@ -231,47 +258,99 @@ export class Kernel {
         const pluginConfig = validatePluginConfig(m.name, m.configSchema as Record<string, unknown> | undefined, config.plugins[m.name], configFile);
         const grants = spec.grants ?? [];
         const scope = spec.scope ?? 'global';
-        const fingerprint = JSON.stringify([loc.source, integrity, [...grants].sort(), scope, pluginConfig]);
+        const how = { loc, grants, scope, order: i, key: JSON.stringify([loc.source, integrity, [...grants].sort(), scope]) };
+        const fingerprint = JSON.stringify([how.key, pluginConfig]);
         const same = previous?.find((p) => p.name === m.name && p.fingerprint === fingerprint);
-        if (same) {
-          same.order = i;
-          plugins.push(same);
-          continue;
-        }
-        const kind: SandboxKind = m.sandbox;
-        const sandbox = await sandboxHost(kind);
-        const host = createHost(this.#hostCtx, m.name, grants, pluginConfig, kind === 'trusted');
-        const limits = {
-          timeoutMs: m.limits?.timeoutMs ?? DEFAULT_LIMITS.timeoutMs,
-          memoryMb: m.limits?.memoryMb ?? DEFAULT_LIMITS.memoryMb,
-          fuel: m.limits?.fuel ?? DEFAULT_LIMITS.fuel,
-          bodyBytes: m.limits?.bodyBytes ?? DEFAULT_LIMITS.bodyBytes,
-        };
-        let instance;
-        try {
-          instance = await withTimeout(sandbox.load({ manifest: m, dir: loc.root, entryPath: loc.entryPath, host, grants, limits }), LOAD_TIMEOUT_MS, `loading plugin "${m.name}"`);
-        } catch (e) {
-          if (e instanceof BextError) throw e;
-          throw new BextError('BEXT_ERR_PLUGIN_LOAD', `plugin "${m.name}" failed to load: ${(e as Error)?.message ?? String(e)}`, { cause: e });
-        }
-        const loaded = new LoadedPlugin(m, instance, grants, i, scope, loc.source, this.log, (p) => this.metrics.quarantines.inc({ plugin: p.name }), this.#opts.quarantineBackoffMs);
-        loaded.fingerprint = fingerprint;
-        const early = this.#pendingDegraded.get(m.name);
-        if (early) {
-          loaded.state = 'degraded';
-          loaded.detail = early;
-        }
+        const loaded = same ?? (await this.#instantiate({ ...how, config: pluginConfig, group: null, app: null, fingerprint }));
+        if (same) same.order = i;
+        else fresh.push(loaded);
         plugins.push(loaded);
-        fresh.push(loaded);
+        made.set(loaded, how);
       }
       for (const s of sections) {
         throw new BextError('BEXT_ERR_CONFIG_INVALID', `${configFile}: $.plugins.${s}: no plugin named "${s}" is loaded`, { hint: `add it with \`bext plugin add ${s}\`, or remove the section` });
       }
-      return { plugins, chains: compileChains(plugins, config.groups), fresh };
+      // Per-group instances load after every shared one, so a plugin's factory
+      // (the platform's, choosing deployed versions) runs before them.
+      const groupSpecs = expandGroups(config, this.#appSources, this.#configDir(), configFile);
+      const byName = new Map(plugins.map((p) => [p.name, p]));
+      const global = plugins.filter((p) => p.scope === 'global');
+      const plans: GroupPlan[] = [];
+      const all = [...plugins];
+      for (const g of groupSpecs) {
+        const set = groupBaseSet(g, byName, global, g.where, configFile);
+        for (const n of Object.keys(g.plugins ?? {})) {
+          if (!set.some((p) => p.name === n)) {
+            throw new BextError('BEXT_ERR_CONFIG_INVALID', `${configFile}: ${g.where}.plugins.${n}: plugin "${n}" is not in this group's plugin set`, { hint: byName.has(n) ? `add it to the group (\`add\`) or drop the section` : `lock it first with \`bext plugin add ${n}\`` });
+          }
+        }
+        const kind = g.app ? (g.app.site ? 'site' : g.app.proxy ? 'proxy' : null) : null;
+        const members: LoadedPlugin[] = [];
+        for (const p of set) {
+          const per = p.manifest.perApp;
+          // A plugin for the other kind of app stays out (a proxy in a site app).
+          if (kind && (per === 'site' || per === 'proxy') && per !== kind) continue;
+          const override = g.plugins?.[p.name];
+          const perInstance = g.app !== null && (per === 'all' || (per !== undefined && per === kind));
+          if (override === undefined && !perInstance) {
+            members.push(p);
+            continue;
+          }
+          const how = made.get(p)!;
+          const section = { ...(config.plugins[p.name] ?? {}), ...(override ?? {}) };
+          const cfg = validatePluginConfig(p.name, p.manifest.configSchema as Record<string, unknown> | undefined, section, configFile, override !== undefined ? `${pointer(g.where)}/plugins/${p.name}` : `/plugins/${p.name}`);
+          const fingerprint = JSON.stringify([how.key, cfg, g.name, g.app]);
+          const label = `${p.name}@${g.name}`;
+          const same = previous?.find((q) => q.name === label && q.fingerprint === fingerprint);
+          const inst = same ?? (await this.#instantiate({ ...how, config: cfg, group: g.name, app: g.app, fingerprint }));
+          if (same) same.order = how.order;
+          else fresh.push(inst);
+          all.push(inst);
+          members.push(inst);
+        }
+        plans.push({ name: g.name, matches: groupMatcher(g), plugins: members, limits: g.limits, app: g.app ? { name: g.app.name, env: g.app.env, version: g.app.version } : null });
+      }
+      return { plugins: all, chains: compileChains(all, plans), fresh };
     } catch (e) {
       await this.#dispose(fresh);
       throw e;
     }
+  }
+
+  /** Folder relative paths in the config (app sites) are resolved from. */
+  #configDir(): string {
+    return this.#opts.configFile ? dirname(resolve(this.#opts.configFile)) : this.siteDir;
+  }
+
+  /** Loads one plugin instance into its sandbox. */
+  async #instantiate(how: Instantiate): Promise<LoadedPlugin> {
+    const { loc, grants, scope, order, config: pluginConfig, group, app } = how;
+    const m = loc.manifest;
+    const label = group ? `${m.name}@${group}` : m.name;
+    const kind: SandboxKind = m.sandbox;
+    const sandbox = await sandboxHost(kind);
+    const host = createHost(this.#hostCtx, m.name, grants, pluginConfig, kind === 'trusted', { name: label, app });
+    const limits = {
+      timeoutMs: m.limits?.timeoutMs ?? DEFAULT_LIMITS.timeoutMs,
+      memoryMb: m.limits?.memoryMb ?? DEFAULT_LIMITS.memoryMb,
+      fuel: m.limits?.fuel ?? DEFAULT_LIMITS.fuel,
+      bodyBytes: m.limits?.bodyBytes ?? DEFAULT_LIMITS.bodyBytes,
+    };
+    let instance;
+    try {
+      instance = await withTimeout(sandbox.load({ manifest: m, dir: loc.root, entryPath: loc.entryPath, host, grants, limits }), LOAD_TIMEOUT_MS, `loading plugin "${label}"`);
+    } catch (e) {
+      if (e instanceof BextError) throw e;
+      throw new BextError('BEXT_ERR_PLUGIN_LOAD', `plugin "${label}" failed to load: ${(e as Error)?.message ?? String(e)}`, { cause: e });
+    }
+    const loaded = new LoadedPlugin(m, instance, grants, order, scope, loc.source, this.log, (p) => this.metrics.quarantines.inc({ plugin: p.name }), this.#opts.quarantineBackoffMs, group);
+    loaded.fingerprint = how.fingerprint;
+    const early = this.#pendingDegraded.get(label);
+    if (early) {
+      loaded.state = 'degraded';
+      loaded.detail = early;
+    }
+    return loaded;
   }
 
   /**
@@ -300,7 +379,7 @@ export class Kernel {
       const oldGen = this.#gen;
       const kept = new Set(gen.plugins);
       const removed = old.filter((p) => !kept.has(p));
-      this.config = { ...this.config, groups: config.groups, plugins: config.plugins };
+      this.config = { ...this.config, groups: config.groups, apps: config.apps, plugins: config.plugins };
       this.#plugins = gen.plugins;
       this.#setChains(gen.chains);
       // Dispose what left once every request that started on the old set is done.
@@ -497,8 +576,9 @@ export class Kernel {
     const query = qi === -1 ? '' : url.slice(qi + 1);
     const host = hostOf(raw.headers.host ?? (raw.headers[':authority'] as string | undefined));
     const group = this.#group(host, path);
-    const req = new BextRequest(raw, path, query, host, this.config.server.bodyLimit);
+    const req = new BextRequest(raw, path, query, host, group.limiter?.bodyBytes ?? this.config.server.bodyLimit);
     req.group = group.name;
+    if (group.app !== null) req.app = group.app;
     req.adminCheck = this.#adminCheck;
     return { req, group };
   }
@@ -513,6 +593,15 @@ export class Kernel {
     this.#gen.inflight++;
     if (this.#observers.size !== 0) req.timings = [];
     let r: ResponseData | Promise<ResponseData>;
+    const limiter = group.limiter;
+    if (limiter !== null) {
+      const refused = limiter.admit(group.name);
+      if (refused) {
+        const wait = (refused.details as { retryAfter?: number } | undefined)?.retryAfter;
+        return this.#respond(req, group, out, errorResponse(refused, wait ? { 'retry-after': String(wait) } : { 'retry-after': '1' }), t0);
+      }
+      req.limiter = limiter;
+    }
     try {
       r = this.#pipeline(req, group);
     } catch (e) {
@@ -566,7 +655,7 @@ export class Kernel {
 
   #requestVerdict(e: ChainEntry, req: BextRequest, d: unknown): ResponseData | null {
     if (d === undefined || d === null) return null;
-    if (isFailure(d)) return e.plugin.failMode === 'open' ? null : errorResponse(d.error);
+    if (isFailure(d)) return e.plugin.failMode === 'open' && !d.clientFault ? null : errorResponse(d.error);
     const dec = d as { action?: string; setHeaders?: Record<string, string>; ctx?: Record<string, unknown>; responseHeaders?: Headers; status?: number };
     if (dec.action === 'continue') {
       if (dec.setHeaders) for (const k in dec.setHeaders) req.headers[k.toLowerCase()] = String(dec.setHeaders[k]);
@@ -626,7 +715,7 @@ export class Kernel {
   }
 
   #renderVerdict(chain: ChainEntry[], req: BextRequest, i: number, e: ChainEntry, d: unknown): ResponseData | Promise<ResponseData> {
-    if (isFailure(d)) return e.plugin.failMode === 'open' ? this.#render(chain, req, i + 1) : errorResponse(d.error);
+    if (isFailure(d)) return e.plugin.failMode === 'open' && !d.clientFault ? this.#render(chain, req, i + 1) : errorResponse(d.error);
     if (d === undefined || d === null || (d as { action?: string }).action === 'next') return this.#render(chain, req, i + 1);
     if (typeof (d as ResponseData).status === 'number') return d as ResponseData;
     const bad = this.#badDecision(e, `onRender returned ${describeDecision(d)}; expected a response or {action:'next'}`);
@@ -799,6 +888,7 @@ export class Kernel {
 
   #done(req: BextRequest, group: CompiledGroup, status: number, t0: number): void {
     if (req.timings) this.#observe(req, group, status, t0);
+    if (req.limiter !== null) req.limiter.inflight--;
     const gen = req.gen as Generation | null;
     if (gen && --gen.inflight === 0 && gen.onIdle && gen !== this.#gen) {
       const f = gen.onIdle;
@@ -934,7 +1024,9 @@ export class Kernel {
 
   // ------------------------------------------------------------ services
 
-  #services(plugin: string): KernelServices {
+  #services(plugin: string, instance?: { name: string; app: AppScope | null }): KernelServices {
+    const label = instance?.name ?? plugin;
+    const app = instance?.app ?? null;
     return {
       subscribeLogs: (fn) => this.log.subscribe(fn),
       observeRequests: (fn) => {
@@ -949,14 +1041,53 @@ export class Kernel {
       metricsText: () => this.metrics.text(),
       metricsContentType: this.metrics.contentType,
       setDegraded: (detail) => {
-        const p = this.#plugins.find((x) => x.name === plugin);
-        if (!p) return void this.#pendingDegraded.set(plugin, detail);
+        const p = this.#plugins.find((x) => x.name === label);
+        if (!p) return void this.#pendingDegraded.set(label, detail);
         if (p.state === 'quarantined') return;
         p.state = detail ? 'degraded' : 'loaded';
         p.detail = detail ?? undefined;
       },
-      siteDir: this.siteDir,
+      siteDir: app?.site ?? this.siteDir,
+      ...(app ? { app: { name: app.name, env: app.env, version: app.version, ...(app.proxy ? { proxy: app.proxy } : {}) } } : {}),
+      bin: BIN,
+      apps: () => this.apps(),
+      setAppSource: (name, env, source) => this.setAppSource(name, env, source),
     };
+  }
+
+  /** The hosted apps with what serves each environment now. */
+  apps(): AppInfo[] {
+    const live = new Map(this.#chains.groups.filter((g) => g.app !== null).map((g) => [`${g.app!.name}/${g.app!.env}`, g]));
+    return (this.config.apps ?? []).map((a) => {
+      const environments: AppInfo['environments'] = {};
+      for (const [env, e] of [['production', { hosts: a.hosts, site: a.site, proxy: a.proxy }] as const, ...Object.entries(a.environments ?? {})]) {
+        const g = live.get(`${a.name}/${env}`);
+        const source = this.#appSources.get(`${a.name}/${env}`);
+        const site = source?.dir ?? e.site ?? (e.proxy ? undefined : a.site);
+        const proxy = e.proxy ?? (e.site ? undefined : a.proxy);
+        environments[env] = {
+          hosts: [...e.hosts],
+          site: site ? resolve(this.#configDir(), site) : null,
+          ...(proxy && !site ? { proxy } : {}),
+          version: g?.app?.version ?? null,
+        };
+      }
+      return { name: a.name, ...(a.proxy ? { proxy: a.proxy } : {}), environments };
+    });
+  }
+
+  /**
+   * Chooses the folder an app environment serves (a deployed version), or
+   * null for the config's site. Takes effect at the next reload.
+   */
+  setAppSource(app: string, env: string, source: AppSource | null): void {
+    const a = (this.config.apps ?? []).find((x) => x.name === app);
+    if (!a) throw new BextError('BEXT_ERR_CONFIG_INVALID', `no app named "${app}" in ${this.#opts.configFile ?? 'the config'}`, { hint: `add it under "apps", or use one of: ${(this.config.apps ?? []).map((x) => x.name).join(', ') || '(none)'}` });
+    if (env !== 'production' && !a.environments?.[env]) {
+      throw new BextError('BEXT_ERR_CONFIG_INVALID', `app "${app}" has no environment "${env}"`, { hint: `add it under apps[name=${app}].environments, or use one of: ${['production', ...Object.keys(a.environments ?? {})].join(', ')}` });
+    }
+    if (source) this.#appSources.set(`${app}/${env}`, { dir: resolve(source.dir), version: source.version });
+    else this.#appSources.delete(`${app}/${env}`);
   }
 
   plugins(): PluginStatus[] {
@@ -968,13 +1099,21 @@ export class Kernel {
     return this.#plugins;
   }
 
+  /** Every route group in matching order with its plugin instances, for `bext routes`. */
+  listGroups(): { name: string; app: AppRef | null; plugins: string[] }[] {
+    return this.#chains.groups.map((g) => ({ name: g.name, app: g.app, plugins: g.plugins.map((p) => p.name) }));
+  }
+
   /** The effective chain for a request, for `bext routes` and debugging. */
-  describe(host: string, path: string, method = 'GET'): { group: string; chains: Record<string, string[]>; route: string | null } {
+  describe(host: string, path: string, method = 'GET'): { group: string; app: AppRef | null; limits: GroupLimits | null; chains: Record<string, string[]>; route: string | null } {
     const g = this.#group(host, path);
     const names = (c: ChainEntry[] | null) => (c ?? []).filter((e) => !e.match || e.match(method, path, host)).map((e) => `${e.plugin.name}(${e.priority})`);
     const found = g.router.find(method as 'GET', path);
+    const spec = [...this.config.groups, ...(this.config.apps ?? [])].find((x) => x.name === (g.app ? g.app.name : g.name));
     return {
       group: g.name,
+      app: g.app,
+      limits: spec?.limits ?? null,
       chains: { onConnect: names(this.#chains.onConnect), onRequest: names(g.onRequest), onRender: names(g.onRender), onResponse: names(g.onResponse), onPublish: names(this.#chains.onPublish) },
       route: found ? `${(found.store as RouteStore).plugin.name} ${(found.store as RouteStore).pattern}` : null,
     };

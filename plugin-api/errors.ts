@@ -24,6 +24,8 @@ export const ERRORS = {
   BEXT_ERR_CAP_UNKNOWN: { status: 500, message: 'a capability name is not known' },
   BEXT_ERR_ADMIN_FORBIDDEN: { status: 403, message: 'an admin route was requested without the admin credential' },
   BEXT_ERR_NOT_FOUND: { status: 404, message: 'nothing serves this path' },
+  BEXT_ERR_GROUP_OVERLOADED: { status: 503, message: 'the route group or app is serving its limit of requests at once' },
+  BEXT_ERR_GROUP_RATE_LIMITED: { status: 429, message: 'the route group or app is over its request rate' },
   BEXT_ERR_BODY_TOO_LARGE: { status: 413, message: 'the request body is larger than allowed' },
   BEXT_ERR_SANDBOX_UNAVAILABLE: { status: 500, message: 'the sandbox kind is not available on this machine' },
   BEXT_ERR_SANDBOX_LIMIT: { status: 503, message: 'a sandboxed plugin hit its memory, fuel or stack limit' },

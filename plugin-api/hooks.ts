@@ -48,6 +48,17 @@ export interface RequestData {
   params?: Record<string, string>;
   /** Name of the route group the request was matched to. */
   group?: string;
+  /** The hosted app and environment serving this request, when an app matched. */
+  app?: AppRef;
+}
+
+/** Which app environment serves a request, and the deployed version live there. */
+export interface AppRef {
+  name: string;
+  /** `production`, or an environment named in the app's config. */
+  env: string;
+  /** The deployed version serving this environment; null when it serves its configured folder. */
+  version: string | null;
 }
 
 /** Only trusted plugins see these: the Node request for streaming reads. */

@@ -2,6 +2,7 @@
  * Host functions: the only way a plugin reaches the kernel or another plugin.
  * Each call is checked against the capabilities granted in the lock file.
  */
+import type { AppRef } from './hooks.js';
 
 export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error';
 
@@ -149,6 +150,34 @@ export interface KernelServices {
   metricsContentType: string;
   /** Marks this plugin degraded (shown in /health) or healthy again. */
   setDegraded(detail: string | null): void;
-  /** The directory the server serves (`bext run [dir]`). */
+  /**
+   * The directory this instance serves: `bext run [dir]`, or for a per-app
+   * instance (manifest `perApp`) its app environment's live folder.
+   */
   siteDir: string;
+  /** For a per-app instance: the app environment it serves (and its upstream, for proxy apps). */
+  app?: AppRef & { proxy?: string };
+  /** Absolute path of the bext CLI entry, to run commands such as `node <bin> build <dir>`. */
+  bin: string;
+  /** The hosted apps: each environment with its hosts and what serves it now. */
+  apps(): AppInfo[];
+  /**
+   * Chooses the folder an app environment serves (a deployed version), or
+   * null for the config's `site`. Takes effect at the next `reload()`.
+   * Throws BEXT_ERR_CONFIG_INVALID for an unknown app or environment.
+   *
+   * @example
+   * ```ts
+   * host.kernel.setAppSource('blog', 'production', { dir: '/srv/.bext/platform/blog/versions/3f2a9c1b7d4e', version: '3f2a9c1b7d4e' });
+   * const r = await host.kernel.reload();
+   * ```
+   */
+  setAppSource(app: string, env: string, source: { dir: string; version: string } | null): void;
+}
+
+/** A hosted app as the kernel runs it. */
+export interface AppInfo {
+  name: string;
+  proxy?: string;
+  environments: Record<string, { hosts: string[]; site: string | null; proxy?: string; version: string | null }>;
 }

@@ -90,6 +90,16 @@ export interface Manifest {
    * Trusted plugins only.
    */
   commands?: Record<string, { module: string; export: string; description: string }>;
+  /**
+   * How the plugin takes part in hosted apps (`apps` in the config). `site`:
+   * it serves a site folder (`host.kernel.siteDir`), so each app environment
+   * with a site gets its own instance and proxy apps leave it out; `proxy`:
+   * it serves an upstream (`host.kernel.app.proxy`), one instance per proxy
+   * app environment, left out of site apps; `all`: one instance per app
+   * environment (per-app state such as a cache namespace). Absent: one
+   * instance shared by every app.
+   */
+  perApp?: 'site' | 'proxy' | 'all';
 }
 
 const matchSchema = {
@@ -161,6 +171,7 @@ export const manifestSchema = {
     failMode: { enum: ['open', 'closed'] },
     configSchema: { type: 'object' },
     files: { type: 'array', items: { type: 'string' } },
+    perApp: { enum: ['site', 'proxy', 'all'] },
     commands: {
       type: 'object',
       propertyNames: { pattern: '^[a-z][a-z0-9-]*$' },

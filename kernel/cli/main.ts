@@ -63,7 +63,7 @@ Scaffolds a working plugin with a test in DIR/<name> (default ./plugins/<name>).
 
 Compiles dir/assembly/index.ts with AssemblyScript and the bext PDK into dir/plugin.wasm.`,
   'config check': 'Usage: bext config check [--config FILE] [--lock FILE]\n\nValidates the config against the schema and every locked plugin\'s configSchema.',
-  routes: 'Usage: bext routes [dir] [--host H] [--path P] [--method M] [--config FILE] [--lock FILE]\n\nPrints the route group and the effective hook chains for a request.',
+  routes: 'Usage: bext routes [dir] [--host H] [--path P] [--method M] [--config FILE] [--lock FILE]\n\nPrints the route group, app and limits, and the effective hook chains for a request. Without --host or --path it first lists every group in matching order.',
 };
 
 function args(argv: string[], options: ParseArgsConfig['options']): { values: Record<string, string | boolean | string[] | undefined>; positionals: string[] } {
@@ -313,8 +313,17 @@ async function cmdRoutes(argv: string[]) {
   const lockFile = findLock(dir, a.values.lock as string | undefined);
   const k = await Kernel.create({ config: loadConfig(configFile), configFile, lockFile, siteDir: dir, logger: new Logger('error') });
   const d = k.describe(String(a.values.host ?? 'localhost'), String(a.values.path ?? '/'), String(a.values.method ?? 'GET'));
+  const groups = k.listGroups();
   await k.close(0);
+  if (a.values.host === undefined && a.values.path === undefined && groups.length > 1) {
+    out('groups, in matching order:');
+    for (const g of groups) out(`  ${g.name.padEnd(20)} ${g.app ? `[app ${g.app.name}, ${g.app.env}] ` : ''}${g.plugins.join(', ') || '-'}`);
+    out('');
+    out('for GET / on localhost (choose with --host, --path, --method):');
+  }
   out(`group: ${d.group}`);
+  if (d.app) out(`app:   ${d.app.name} (${d.app.env}${d.app.version ? `, version ${d.app.version}` : ''})`);
+  if (d.limits) out(`limits: ${Object.entries(d.limits).map(([k, v]) => `${k}=${v}`).join(' ')}`);
   out(`route: ${d.route ?? '(none: catch-all onRender)'}`);
   for (const [hook, names] of Object.entries(d.chains)) out(`${hook.padEnd(11)} ${names.join(' → ') || '-'}`);
 }

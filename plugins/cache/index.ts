@@ -212,7 +212,8 @@ export default definePlugin(async (host) => {
   if (cfg.redis.url) {
     l2 = new L2({
       url: cfg.redis.url,
-      prefix: cfg.redis.keyPrefix,
+      // Each app environment's instance keeps its own namespace in Redis.
+      prefix: appNamespace(cfg.redis.keyPrefix, host.kernel?.app),
       timeoutMs: cfg.redis.timeoutMs,
       instance,
       logMaxLen: cfg.redis.logMaxLen,
@@ -1165,3 +1166,8 @@ export default definePlugin(async (host) => {
     },
   };
 });
+
+/** The Redis key prefix of an app environment's cache instance (`bext:cache:` → `bext:cache:blog.staging:`). */
+function appNamespace(prefix: string, app: { name: string; env: string } | undefined): string {
+  return app ? `${prefix}${app.name}${app.env === 'production' ? '' : `.${app.env}`}:` : prefix;
+}

@@ -11,6 +11,8 @@
  * onRoute serves the admin snapshot `/__bext/proxy`, and proxies requests on
  * any route a manifest overlay claims.
  */
+import { readFileSync } from 'node:fs';
+import { Ajv } from 'ajv';
 import { definePlugin, type RenderDecision, type ResponseData, type TrustedRequest } from '../../plugin-api/index.js';
 import type { ProxyConfig } from './config.js';
 import { ProxyEngine } from './engine.js';
@@ -23,8 +25,21 @@ function json(status: number, data: unknown): ResponseData {
   return { status, headers: { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' }, body: JSON.stringify(data) };
 }
 
+/**
+ * In a proxy app's instance (`apps[].proxy` in the server config) with no
+ * routes of its own: one upstream named after the app, taking every request.
+ */
+function withAppTarget(cfg: ProxyConfig, app: { name: string; proxy?: string } | undefined): ProxyConfig {
+  if (!app?.proxy || cfg.routes.length > 0) return cfg;
+  // The upstream gets the defaults the schema gives a configured one.
+  const schema = (JSON.parse(readFileSync(new URL('./bext-plugin.json', import.meta.url), 'utf8')) as { configSchema: { properties: { upstreams: { additionalProperties: object } }; definitions?: object } }).configSchema;
+  const upstream: Record<string, unknown> = { members: [app.proxy] };
+  new Ajv({ useDefaults: true, strict: false, allowUnionTypes: true }).validate({ ...schema.properties.upstreams.additionalProperties, definitions: schema.definitions }, upstream);
+  return { ...cfg, upstreams: { ...cfg.upstreams, [app.name]: upstream as unknown as ProxyConfig['upstreams'][string] }, routes: [{ upstream: app.name, websocket: true } as ProxyConfig['routes'][number]] };
+}
+
 export default definePlugin((host) => {
-  const cfg = host.config<ProxyConfig>();
+  const cfg = withAppTarget(host.config<ProxyConfig>(), host.kernel?.app);
   const canMetric = (() => {
     try {
       host.metric('upstreams', Object.keys(cfg.upstreams).length, undefined, 'gauge');

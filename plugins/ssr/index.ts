@@ -443,7 +443,7 @@ export default definePlugin(async (host: HostApi) => {
       if (path === '/__bext/island.js') return serveAsset(islandAsset, req, 'public, max-age=3600');
       if (path === '/__bext/turbo.js') return serveAsset(await turboAsset(), req, 'public, max-age=3600');
       if (path === '/api/build') return adminBuild();
-      if (path === '/api/reload') return adminReload();
+      if (path === '/api/ssr/reload') return adminReload();
       if (path === '/__bext/ssr') return stats();
       if (path === '/__bext/ssr/kill') {
         const id = Number(new URLSearchParams(req.query).get('worker'));

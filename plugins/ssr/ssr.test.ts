@@ -480,7 +480,7 @@ describe('the render pool', () => {
     }
   });
 
-  it('hot-swaps to a new build under load (POST /api/build, then /api/reload) with zero failed requests', async () => {
+  it('hot-swaps to a new build under load (POST /api/build, then /api/ssr/reload) with zero failed requests', async () => {
     const site = newSite('v1');
     const b = await startBext({ plugins: ['ssr'], siteDir: site, config: { plugins: { ssr: { workers: 2 } } } });
     try {
@@ -508,7 +508,7 @@ describe('the render pool', () => {
       await until(() => seen.length >= after1 + 300, 20_000, '300 more answers');
       writeFileSync(join(site, 'data/version.ts'), 'export const VERSION = "v3";');
       await buildSite(site);
-      const reloaded = await get(`${b.adminUrl}/api/reload`, {}, 'POST');
+      const reloaded = await get(`${b.adminUrl}/api/ssr/reload`, {}, 'POST');
       swapped2 = performance.now();
       expect(reloaded.status).toBe(200);
       limit = Math.min(limit, next + 300);
@@ -532,7 +532,7 @@ describe('the render pool', () => {
       expect(JSON.parse(dying.body).message).toContain('could not start its render workers');
       expect((await get(`${b.url}/`)).body).toContain('<h1 id="v">v3</h1>');
       // Admin routes are admin-only on the public listener.
-      expect((await get(`${b.url}/api/reload`, {}, 'POST')).status).toBe(403);
+      expect((await get(`${b.url}/api/ssr/reload`, {}, 'POST')).status).toBe(403);
     } finally {
       await b.close();
     }
