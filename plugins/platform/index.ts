@@ -17,7 +17,7 @@ import { createInterface } from 'node:readline';
 import { PassThrough } from 'node:stream';
 import {
   BextError, definePlugin,
-  type HostApi, type KernelServices, type ResponseData, type TrustedRequest,
+  type AppInfo, type HostApi, type ResponseData, type TrustedRequest,
 } from '../../plugin-api/index.js';
 import {
   byteCounter, copySite, extractBundle, hashTree, previousVersion, serialFor, siteRoot, Store, switching, treeSize, whileSwitching, withSwitch,
@@ -32,23 +32,6 @@ export interface PlatformConfig {
   maxSiteBytes: number;
   build: { mode: 'auto' | 'never'; timeoutMs: number };
 }
-
-/** A hosted app as the kernel reports it (`host.kernel.apps()`). */
-interface AppView {
-  name: string;
-  proxy?: string;
-  environments: Record<string, { hosts: string[]; site: string | null; proxy?: string; version: string | null }>;
-}
-
-/**
- * The kernel services for hosted apps. Declared here as well so the plugin
- * states exactly what it relies on.
- */
-type AppServices = KernelServices & {
-  bin?: string;
-  apps?(): AppView[];
-  setAppSource?(app: string, env: string, source: { dir: string; version: string } | null): void;
-};
 
 /** What `system/deploy` subscribers receive. */
 export interface DeployEvent {
@@ -141,7 +124,7 @@ function runBuild(bin: string, dir: string, cwd: string, timeoutMs: number, onLi
 
 export default definePlugin(async (host: HostApi) => {
   const cfg = host.config<PlatformConfig>();
-  const ks = host.kernel as AppServices | undefined;
+  const ks = host.kernel;
   if (!ks) throw new BextError('BEXT_ERR_PLUGIN_LOAD', 'the platform plugin needs the kernel services of a trusted plugin', { hint: 'load it with "sandbox": "trusted"' });
   const kernel = ks;
   const store = new Store(resolve(kernel.siteDir, cfg.dataDir));
@@ -164,7 +147,7 @@ export default definePlugin(async (host: HostApi) => {
         continue;
       }
       try {
-        requireAppSource(kernel)(app, env, { dir, version: e.live });
+        kernel.setAppSource(app, env, { dir, version: e.live });
       } catch (err) {
         host.log('warn', 'platform: a persisted live version is for an app or environment no longer configured; ignored', { app, env, version: e.live, error: (err as Error).message });
       }
@@ -177,13 +160,10 @@ export default definePlugin(async (host: HostApi) => {
     host.publish('system/deploy', { ...ev, at: new Date().toISOString() }).catch((e: unknown) => host.log('warn', 'platform: publishing to system/deploy failed', { error: (e as Error)?.message }));
   };
 
-  function appsNow(): AppView[] {
-    if (typeof kernel.apps !== 'function') throw new BextError('BEXT_ERR_PLUGIN_LOAD', 'this kernel has no hosted apps (host.kernel.apps)', { hint: 'update bext: the platform plugin needs a kernel with `apps` support' });
-    return kernel.apps();
-  }
+  const appsNow = (): AppInfo[] => kernel.apps();
 
   /** The app (and environment) by name, or BEXT_ERR_DEPLOY_UNKNOWN_APP. */
-  function findApp(name: string, env?: string): AppView {
+  function findApp(name: string, env?: string): AppInfo {
     const all = appsNow();
     const a = all.find((x) => x.name === name);
     if (!a) throw new BextError('BEXT_ERR_DEPLOY_UNKNOWN_APP', `no app named "${name}" is configured`, { hint: all.length ? `use one of: ${all.map((x) => x.name).join(', ')}` : 'add it under "apps" in bext.config.json and reload' });
@@ -210,7 +190,7 @@ export default definePlugin(async (host: HostApi) => {
       const state = await store.readState();
       const previous = state.apps[app]?.environments[env]?.live ?? null;
       if (previous === version) return { previous, unchanged: true };
-      const setSource = requireAppSource(kernel);
+      const setSource = kernel.setAppSource.bind(kernel);
       const back = previous && isDir(store.versionDir(app, previous)) ? { dir: store.versionDir(app, previous), version: previous } : null;
       setSource(app, env, { dir: store.versionDir(app, version), version });
       const r = await whileSwitching(store.dataDir, () => kernel.reload());
@@ -303,10 +283,8 @@ export default definePlugin(async (host: HostApi) => {
       if (!meta) {
         let built = false;
         if (cfg.build.mode === 'auto' && isDir(join(root, 'pages'))) {
-          const bin = kernel.bin;
-          if (!bin) throw new BextError('BEXT_ERR_DEPLOY_BUILD', 'the site has pages/ but this kernel does not say where the bext CLI is (host.kernel.bin)', { hint: 'update bext, or set plugins.platform.build.mode to "never"' });
           emit({ stage: 'build', status: 'start' });
-          await runBuild(bin, root, store.dataDir, cfg.build.timeoutMs, (line) => emit({ stage: 'build', line }));
+          await runBuild(kernel.bin, root, store.dataDir, cfg.build.timeoutMs, (line) => emit({ stage: 'build', line }));
           built = true;
           emit({ stage: 'build', status: 'done' });
         }
@@ -418,7 +396,7 @@ export default definePlugin(async (host: HostApi) => {
     }
   }
 
-  async function listing(view: AppView): Promise<Record<string, unknown>> {
+  async function listing(view: AppInfo): Promise<Record<string, unknown>> {
     const versions = await store.versions(view.name);
     const st = (await store.readState()).apps[view.name]?.environments ?? {};
     const environments: Record<string, unknown> = {};
@@ -470,7 +448,7 @@ export default definePlugin(async (host: HostApi) => {
       }
     },
     onResponse(req) {
-      const v = (req as TrustedRequest & { app?: { version: string | null } }).app?.version;
+      const v = req.app?.version;
       if (!v) return undefined;
       let h = versionHeaders.get(v);
       if (!h) {
@@ -481,11 +459,6 @@ export default definePlugin(async (host: HostApi) => {
     },
   };
 });
-
-function requireAppSource(kernel: AppServices): NonNullable<AppServices['setAppSource']> {
-  if (typeof kernel.setAppSource !== 'function') throw new BextError('BEXT_ERR_PLUGIN_LOAD', 'this kernel cannot switch app versions (host.kernel.setAppSource)', { hint: 'update bext: the platform plugin needs a kernel with `apps` support' });
-  return kernel.setAppSource.bind(kernel);
-}
 
 function isDir(p: string): boolean {
   try {

@@ -59,7 +59,7 @@ async function start(): Promise<Bext> {
     config: {
       apps: [{ name: 'blog', hosts: ['blog.localhost'], site: '../sites/configured', environments: { staging: { hosts: ['staging.blog.localhost'] } } }],
       plugins: { platform: { dataDir, maxBundleBytes: 200_000 } },
-    } as never,
+    },
   });
 }
 

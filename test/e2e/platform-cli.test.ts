@@ -63,7 +63,7 @@ describe('bext deploy / promote / rollback / versions', () => {
       config: {
         apps: [{ name: 'shop', hosts: ['shop.localhost'], site: './v1', environments: { staging: { hosts: ['staging.shop.localhost'] } } }],
         plugins: { platform: { dataDir: join(root, 'data') } },
-      } as never,
+      },
     });
     url = b.adminUrl;
   });
