@@ -4,7 +4,7 @@
  * static plugin, versions deployed through the admin API, switched under
  * load, and the state read back after a restart.
  */
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import * as tar from 'tar';
@@ -135,6 +135,15 @@ describe('platform plugin', () => {
     expect(first.last).toMatchObject({ stage: 'done', app: 'blog', reused: false, files: 2, built: false });
     id1 = String(first.last.version);
     expect(id1).toMatch(/^[0-9a-f]{12}$/);
+
+    // Dependencies and build output are left out of a version and its hash.
+    const withExtras = rawTar([
+      { path: 'public/index.html', body: page('v1') },
+      { path: 'public/about.txt', body: 'about v1\n' },
+      { path: '.bext/ssr/manifest.json', body: '{"stale":true}' },
+      { path: 'public/node_modules/x/index.js', body: 'x' },
+    ]);
+    expect((await deploy(b, 'app=blog', gzipSync(withExtras))).last).toMatchObject({ stage: 'done', version: id1, reused: true });
 
     // The same files from a folder on the server: the same version.
     const again = await deploy(b, 'app=blog', { path: v1Dir });
@@ -324,5 +333,58 @@ describe('platform plugin', () => {
     // And the history too: a rollback after the restart goes to the version before.
     expect(await post(b, '/api/platform/rollback', { app: 'blog' })).toMatchObject({ status: 200, json: { version: id2 } });
     expect(await get(b, 'blog.localhost')).toMatchObject({ version: id2, body: page('v2') });
+  });
+});
+
+describe('platform plugin: pruning and concurrent switches', () => {
+  let b: Bext;
+  const data = join(root, 'data-prune');
+  const ids: string[] = [];
+
+  beforeAll(async () => {
+    b = await startBext({
+      siteDir,
+      plugins: ['static', PLATFORM],
+      config: {
+        apps: [{ name: 'blog', hosts: ['blog.localhost'], site: '../sites/configured', environments: { staging: { hosts: ['staging.blog.localhost'] } } }],
+        plugins: { platform: { dataDir: data, keepVersions: 2 } },
+      },
+    });
+  });
+  afterAll(async () => {
+    await b?.close();
+  });
+
+  it('keeps the newest keepVersions plus what is live or was live just before, and deletes the rest', async () => {
+    const add = async (i: number) => {
+      const r = await deploy(b, 'app=blog', { path: site(`p${i}`, { 'public/index.html': page(`p${i}`) }) });
+      expect(r.last).toMatchObject({ stage: 'done', reused: false });
+      ids.push(String(r.last.version));
+    };
+    await add(1);
+    await add(2);
+    expect((await post(b, '/api/platform/promote', { app: 'blog', to: 'production', version: ids[0] })).status).toBe(200);
+    expect((await post(b, '/api/platform/promote', { app: 'blog', to: 'production', version: ids[1] })).status).toBe(200);
+    for (const i of [3, 4, 5]) await add(i);
+    // p2 is live, p1 was live just before it, p4 and p5 are the newest; p3 goes.
+    const kept = (await listing(b)).versions.map((v) => v.id).sort();
+    expect(kept).toEqual([ids[0], ids[1], ids[3], ids[4]].sort());
+    expect(existsSync(join(data, 'blog', 'versions', ids[2]!))).toBe(false);
+    expect(await post(b, '/api/platform/promote', { app: 'blog', to: 'production', version: ids[2] })).toMatchObject({ status: 404, json: { error: 'BEXT_ERR_DEPLOY_UNKNOWN_VERSION' } });
+    // The rollback target survived the pruning.
+    expect(await post(b, '/api/platform/rollback', { app: 'blog' })).toMatchObject({ status: 200, json: { version: ids[0] } });
+  });
+
+  it('concurrent switches run one at a time: each one sees the one before it, and the last recorded is the one served', async () => {
+    const order = [ids[3], ids[4], ids[3], ids[4], ids[1], ids[3], ids[4], ids[0]] as string[];
+    const answers = await Promise.all(order.map((version) => post(b, '/api/platform/promote', { app: 'blog', to: 'staging', version })));
+    expect(answers.map((a) => a.status)).toEqual(order.map(() => 200));
+    const history = (await listing(b)).environments.staging!.history.map((h) => h.version);
+    const switched = answers.filter((a) => !a.json.unchanged).map((a) => `${a.json.previous}>${a.json.version}`).sort();
+    // Serialised, the switches form one chain through the history.
+    expect(switched).toEqual(history.map((v, i) => `${i === 0 ? null : history[i - 1]}>${v}`).sort());
+    const last = history[history.length - 1]!;
+    expect((await listing(b)).live.staging).toBe(last);
+    expect(await get(b, 'staging.blog.localhost')).toMatchObject({ status: 200, version: last });
   });
 });

@@ -179,6 +179,9 @@ export async function extractBundle(source: Readable, dest: string, maxBytes: nu
       const p = path.replace(/\\/g, '/');
       if (p.startsWith('/') || /^[a-zA-Z]:/.test(p)) return refuse(`bundle entry ${JSON.stringify(path)} has an absolute path`);
       if (p.split('/').includes('..')) return refuse(`bundle entry ${JSON.stringify(path)} climbs out of the site with ".."`);
+      // Dependencies, VCS data and build output are not part of a version
+      // (nor of its hash): a stale .bext/ssr must not ride along.
+      if (p.split('/').some((seg) => SKIP_DIRS.has(seg))) return false;
       if (!ENTRY_TYPES.has(e.type)) return refuse(`bundle entry ${JSON.stringify(path)} is a ${e.type}; only files, folders and links are allowed`);
       if (e.type === 'SymbolicLink' && !linkStaysInside(p.replace(/^\.\//, ''), String(e.linkpath ?? ''))) return refuse(`bundle symlink ${JSON.stringify(path)} points outside the site (${e.linkpath})`);
       if (e.type === 'Link') {
