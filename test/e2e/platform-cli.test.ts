@@ -1,7 +1,7 @@
 /**
  * `bext deploy | promote | rollback | versions` through the real CLI entry
  * (kernel/cli/bin.js) in child processes, against a running server with the
- * static and platform plugins and one hosted app.
+ * static, ssr and platform plugins and one hosted app.
  */
 import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
@@ -50,7 +50,7 @@ describe('bext deploy / promote / rollback / versions', () => {
   let b: Bext;
   const v1 = site('v1', { 'public/index.html': '<h1>one</h1>', 'node_modules/dep/index.js': 'ignored', '.git/HEAD': 'ignored' });
   const v2 = site('v2', {
-    'public/index.html': '<h1>two</h1>',
+    'public/robots.txt': 'User-agent: *',
     'pages/index.tsx': 'export default function Page() { return <h1>two, rendered</h1>; }\n',
   });
   const broken = site('broken', { 'public/index.html': 'x', 'pages/index.tsx': 'export default function Page( { return <h1>; }\n' });
@@ -59,10 +59,10 @@ describe('bext deploy / promote / rollback / versions', () => {
   beforeAll(async () => {
     b = await startBext({
       siteDir: root,
-      plugins: ['static', join(ROOT, 'plugins/platform')],
+      plugins: ['static', 'ssr', join(ROOT, 'plugins/platform')],
       config: {
         apps: [{ name: 'shop', hosts: ['shop.localhost'], site: './v1', environments: { staging: { hosts: ['staging.shop.localhost'] } } }],
-        plugins: { platform: { dataDir: join(root, 'data') } },
+        plugins: { platform: { dataDir: join(root, 'data') }, ssr: { workers: 1 } },
       },
     });
     url = b.adminUrl;
@@ -112,7 +112,10 @@ describe('bext deploy / promote / rollback / versions', () => {
     expect(await get(b, 'shop.localhost')).toEqual({ version: plain, body: '<h1>one</h1>' });
     const p2 = await bext(['promote', '--app', 'shop', '--to', 'production', '--version', built, '--url', url]);
     expect(p2.stdout).toBe(`promoted shop ${built} to production (was ${plain})\n`);
-    expect(await get(b, 'shop.localhost')).toEqual({ version: built, body: '<h1>two</h1>' });
+    // The build made at deploy time is what the app's ssr instance renders.
+    const rendered = await get(b, 'shop.localhost');
+    expect(rendered.version).toBe(built);
+    expect(rendered.body).toContain('two, rendered');
     const rb = await bext(['rollback', '--app', 'shop', '--url', url]);
     expect(rb).toMatchObject({ code: 0, stdout: `rolled shop production back to ${plain} (was ${built})\n` });
     expect(await get(b, 'shop.localhost')).toEqual({ version: plain, body: '<h1>one</h1>' });
