@@ -47,7 +47,16 @@ export interface CompiledGroup {
 }
 
 export interface CompiledChains {
+  /** Every group in matching order, the default group last. */
   groups: CompiledGroup[];
+  /**
+   * Lookup plan: `ordered` groups are tried in turn (the config's groups),
+   * then an exact-host index of app environments, then `wildcards` (apps
+   * with `*.example.com` hosts), then the default group.
+   */
+  ordered: CompiledGroup[];
+  appHosts: Map<string, CompiledGroup>;
+  wildcards: CompiledGroup[];
   byName: Map<string, CompiledGroup>;
   onConnect: ChainEntry[] | null;
   onPublish: ChainEntry[] | null;
@@ -111,6 +120,8 @@ export interface GroupPlan {
   plugins: LoadedPlugin[];
   limits: GroupLimits | undefined;
   app: AppRef | null;
+  /** An app environment's hosts (apps are chosen by host only). */
+  hosts?: string[];
 }
 
 function compileGroup(name: string, matches: CompiledGroup['matches'], plugins: LoadedPlugin[], limits?: GroupLimits, app: AppRef | null = null): CompiledGroup {
@@ -165,9 +176,25 @@ function compileGroup(name: string, matches: CompiledGroup['matches'], plugins: 
 export function compileChains(all: LoadedPlugin[], plans: GroupPlan[]): CompiledChains {
   const global = all.filter((p) => p.scope === 'global' && p.group === null);
   const compiled = plans.map((g) => compileGroup(g.name, g.matches, g.plugins, g.limits, g.app));
+  const ordered: CompiledGroup[] = [];
+  const appHosts = new Map<string, CompiledGroup>();
+  const wildcards: CompiledGroup[] = [];
+  plans.forEach((plan, i) => {
+    const g = compiled[i]!;
+    if (!plan.app) return void ordered.push(g);
+    let wild = false;
+    for (const h of plan.hosts ?? []) {
+      if (h.includes('*')) wild = true;
+      else if (!appHosts.has(h.toLowerCase())) appHosts.set(h.toLowerCase(), g);
+    }
+    if (wild) wildcards.push(g);
+  });
   compiled.push(compileGroup('default', null, global));
   return {
     groups: compiled,
+    ordered,
+    appHosts,
+    wildcards,
     byName: new Map(compiled.map((g) => [g.name, g])),
     onConnect: chainOf(global, 'onConnect'),
     onPublish: chainOf(all, 'onPublish'),

@@ -308,7 +308,7 @@ export class Kernel {
           all.push(inst);
           members.push(inst);
         }
-        plans.push({ name: g.name, matches: groupMatcher(g), plugins: members, limits: g.limits, app: g.app ? { name: g.app.name, env: g.app.env, version: g.app.version } : null });
+        plans.push({ name: g.name, matches: groupMatcher(g), plugins: members, limits: g.limits, app: g.app ? { name: g.app.name, env: g.app.env, version: g.app.version } : null, ...(g.app ? { hosts: g.hosts } : {}) });
       }
       return { plugins: all, chains: compileChains(all, plans), fresh };
     } catch (e) {
@@ -565,8 +565,14 @@ export class Kernel {
 
   #group(host: string, path: string): CompiledGroup {
     if (this.#singleGroup) return this.#singleGroup;
-    for (const g of this.#chains.groups) if (g.matches === null || g.matches(host, path)) return g;
-    return this.#chains.groups[this.#chains.groups.length - 1]!;
+    const c = this.#chains;
+    for (const g of c.ordered) if (g.matches!(host, path)) return g;
+    if (c.appHosts.size !== 0) {
+      const g = c.appHosts.get(host);
+      if (g) return g;
+    }
+    for (const g of c.wildcards) if (g.matches!(host, path)) return g;
+    return c.groups[c.groups.length - 1]!;
   }
 
   #makeRequest(raw: IncomingMessage): { req: BextRequest; group: CompiledGroup } {

@@ -96,7 +96,7 @@ describe('middleware groups', () => {
     expect([api.headers['x-alpha'], api.headers['x-beta'], api.headers['x-gamma']]).toEqual(['yes', undefined, 'yes']);
     const bare = await get(b.url, 'bare.test', '/');
     expect([bare.headers['x-alpha'], bare.headers['x-beta'], bare.headers['x-gamma']]).toEqual([undefined, undefined, undefined]);
-    expect(b.kernel.describe('example.test', '/api/v').chains.onResponse.map((n) => n.replace(/\(.*/, ''))).toEqual(['alpha', 'gamma']);
+    expect(b.kernel.describe('example.test', '/api/v').chains.onResponse!.map((n) => n.replace(/\(.*/, ''))).toEqual(['alpha', 'gamma']);
   });
 
   it('reconfigures a plugin for one group as its own instance, merged over the top-level section', async () => {
@@ -176,7 +176,7 @@ describe('hosted apps', () => {
   let upstreamUrl: string;
   beforeAll(async () => {
     site = mkdtempSync(join(tmp(), 'apps-'));
-    for (const [app, text] of [['blog', 'blog home'], ['docs', 'docs home'], ['blog-v2', 'blog v2 home'], ['blog-staging', 'blog staging home']]) {
+    for (const [app, text] of [['blog', 'blog home'], ['docs', 'docs home'], ['blog-v2', 'blog v2 home'], ['blog-staging', 'blog staging home']] as const) {
       mkdirSync(join(site, 'sites', app, 'public'), { recursive: true });
       writeFileSync(join(site, 'sites', app, 'public', 'index.html'), `<h1>${text}</h1>`);
     }
@@ -219,7 +219,7 @@ describe('hosted apps', () => {
     const r = await get(b.url, 'legacy.test', '/some/page?q=1');
     expect(r.status).toBe(200);
     expect(r.body).toBe('upstream saw legacy.test /some/page?q=1');
-    expect(b.kernel.describe('legacy.test', '/').chains.onRender.join(' ')).not.toMatch(/static/);
+    expect(b.kernel.describe('legacy.test', '/').chains.onRender!.join(' ')).not.toMatch(/static/);
   });
 
   it('gives per-app plugins the app environment (its own state, such as a cache namespace) and tags requests with it', async () => {
@@ -242,7 +242,7 @@ describe('hosted apps', () => {
     expect((await get(b.url, 'blog.test', '/')).body).toBe('<h1>blog v2 home</h1>');
     expect(JSON.parse((await get(b.url, 'blog.test', '/nope.json')).body).reqApp).toEqual({ name: 'blog', env: 'production', version: 'v2abc' });
     expect((await get(b.url, 'docs.test', '/')).body).toBe('<h1>docs home</h1>');
-    expect(b.kernel.apps().find((a) => a.name === 'blog')?.environments.production.version).toBe('v2abc');
+    expect(b.kernel.apps().find((a) => a.name === 'blog')?.environments.production!.version).toBe('v2abc');
     expect(() => b.kernel.setAppSource('nope', 'production', null)).toThrow(/no app named "nope"/);
     expect(() => b.kernel.setAppSource('blog', 'qa', null)).toThrow(/app "blog" has no environment "qa"/);
     // A folder that vanished is refused at reload and the running version keeps serving.
