@@ -14,7 +14,7 @@ import { spawn } from 'node:child_process';
 import { promises as fsp, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
-import { PassThrough } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import {
   BextError, definePlugin,
   type AppInfo, type HostApi, type ResponseData, type TrustedRequest,
@@ -267,7 +267,11 @@ export default definePlugin(async (host: HostApi) => {
             emit({ stage: 'receive', bytes: n });
           }
         });
-        await extractBundle(input.req.raw, src, cfg.maxSiteBytes, [counter]);
+        // A plugin earlier in the chain (a WAF inspecting bodies) may have
+        // read the body already: then it is the buffered copy or nothing.
+        const raw = input.req.raw;
+        const consumed = input.req.body !== undefined || raw.readableDidRead || raw.readableEnded;
+        await extractBundle(consumed ? Readable.from([await input.req.readBody()]) : raw, src, cfg.maxSiteBytes, [counter]);
         emit({ stage: 'receive', bytes: total, done: true });
         root = await siteRoot(src);
       } else {

@@ -336,7 +336,13 @@ describe('platform plugin', () => {
   });
 });
 
-describe('platform plugin: pruning and concurrent switches', () => {
+const bodyReader = plugin(
+  'body-reader',
+  { hooks: { onRequest: { priority: 1, match: { methods: ['POST'] } } } },
+  `export default () => ({ async onRequest(req) { const b = await req.readBody(); return { action: 'continue', ctx: { bodyBytes: b.length } }; } });`,
+);
+
+describe('platform plugin: pruning, concurrent switches, a body read before', () => {
   let b: Bext;
   const data = join(root, 'data-prune');
   const ids: string[] = [];
@@ -344,7 +350,8 @@ describe('platform plugin: pruning and concurrent switches', () => {
   beforeAll(async () => {
     b = await startBext({
       siteDir,
-      plugins: ['static', PLATFORM],
+      // bodyReader reads every POST body first, as the WAF does to inspect it.
+      plugins: ['static', PLATFORM, bodyReader],
       config: {
         apps: [{ name: 'blog', hosts: ['blog.localhost'], site: '../sites/configured', environments: { staging: { hosts: ['staging.blog.localhost'] } } }],
         plugins: { platform: { dataDir: data, keepVersions: 2 } },
@@ -375,14 +382,23 @@ describe('platform plugin: pruning and concurrent switches', () => {
     expect(await post(b, '/api/platform/rollback', { app: 'blog' })).toMatchObject({ status: 200, json: { version: ids[0] } });
   });
 
+  it('takes an upload that another plugin already read', async () => {
+    const r = await deploy(b, 'app=blog&env=staging', await tgz(v2Dir));
+    expect(r.last).toMatchObject({ stage: 'done', reused: false, files: 2, env: 'staging' });
+    ids.push(String(r.last.version));
+    expect(await get(b, 'staging.blog.localhost')).toMatchObject({ status: 200, version: ids[5], body: page('v2') });
+  });
+
   it('concurrent switches run one at a time: each one sees the one before it, and the last recorded is the one served', async () => {
-    const order = [ids[3], ids[4], ids[3], ids[4], ids[1], ids[3], ids[4], ids[0]] as string[];
+    const order = [ids[4], ids[5], ids[4], ids[5], ids[1], ids[4], ids[5], ids[0]] as string[];
+    const earlier = (await listing(b)).environments.staging!.history.map((h) => h.version);
     const answers = await Promise.all(order.map((version) => post(b, '/api/platform/promote', { app: 'blog', to: 'staging', version })));
     expect(answers.map((a) => a.status)).toEqual(order.map(() => 200));
     const history = (await listing(b)).environments.staging!.history.map((h) => h.version);
+    expect(history.slice(0, earlier.length)).toEqual(earlier);
     const switched = answers.filter((a) => !a.json.unchanged).map((a) => `${a.json.previous}>${a.json.version}`).sort();
     // Serialised, the switches form one chain through the history.
-    expect(switched).toEqual(history.map((v, i) => `${i === 0 ? null : history[i - 1]}>${v}`).sort());
+    expect(switched).toEqual(history.slice(earlier.length).map((v, i) => `${history[earlier.length + i - 1] ?? null}>${v}`).sort());
     const last = history[history.length - 1]!;
     expect((await listing(b)).live.staging).toBe(last);
     expect(await get(b, 'staging.blog.localhost')).toMatchObject({ status: 200, version: last });
