@@ -11,7 +11,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, promises as fsp, type Dirent } from 'node:fs';
-import { dirname, isAbsolute, join, posix, relative, resolve, sep } from 'node:path';
+import { dirname, isAbsolute, join, posix } from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import * as tar from 'tar';
 import { BextError } from '../../plugin-api/index.js';
@@ -417,10 +417,4 @@ export async function whileSwitching<T>(dataDir: string, fn: () => Promise<T>): 
 /** Whether a switch's reload is running for this data folder. */
 export function switching(dataDir: string): boolean {
   return (coordination.get(dataDir)?.switching ?? 0) > 0;
-}
-
-/** Whether `child` is `parent` or inside it. */
-export function inside(parent: string, child: string): boolean {
-  const r = relative(resolve(parent), resolve(child));
-  return r === '' || (!r.startsWith(`..${sep}`) && r !== '..' && !isAbsolute(r));
 }
