@@ -11,7 +11,7 @@
  * switch, and restored at start before the per-app instances load.
  */
 import { spawn } from 'node:child_process';
-import { promises as fsp, statSync } from 'node:fs';
+import { promises as fsp, statSync, unwatchFile, watchFile } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { PassThrough, Readable } from 'node:stream';
@@ -31,6 +31,7 @@ export interface PlatformConfig {
   maxBundleBytes: number;
   maxSiteBytes: number;
   build: { mode: 'auto' | 'never'; timeoutMs: number };
+  syncIntervalMs: number;
 }
 
 /** What `system/deploy` subscribers receive. */
@@ -155,6 +156,39 @@ export default definePlugin(async (host: HostApi) => {
   }
 
   const serial = <T>(fn: () => Promise<T>): Promise<T> => serialFor(store.dataDir, fn);
+
+  /**
+   * Other processes sharing the data folder (cluster workers, instances on a
+   * shared volume) switch versions by writing the state file: when it
+   * changes, every environment whose live version differs from what this
+   * process serves is switched here too, with one reload.
+   */
+  const follow = () =>
+    serial(async () => {
+      if (switching(store.dataDir)) return;
+      let st: PlatformState;
+      try {
+        st = await store.readState();
+      } catch (e) {
+        return void host.log('warn', 'platform: the state file changed but cannot be read; keeping what is live', { error: (e as Error).message });
+      }
+      const serving = new Map<string, string | null>(kernel.apps().flatMap((a) => Object.entries(a.environments).map(([env, e]) => [`${a.name}/${env}`, e.version] as const)));
+      const changed: string[] = [];
+      for (const [app, a] of Object.entries(st.apps)) {
+        for (const [env, e] of Object.entries(a.environments)) {
+          const key = `${app}/${env}`;
+          if (!e.live || !serving.has(key) || serving.get(key) === e.live || !isDir(store.versionDir(app, e.live as string))) continue;
+          kernel.setAppSource(app, env, { dir: store.versionDir(app, e.live as string), version: e.live as string });
+          changed.push(`${key}@${e.live}`);
+        }
+      }
+      if (!changed.length) return;
+      const r = await whileSwitching(store.dataDir, () => kernel.reload());
+      if (r.ok) host.log('info', 'platform: followed a switch made by another process', { switched: changed });
+      else host.log('error', 'platform: a switch made by another process was refused here', { switched: changed, code: r.error.code, error: r.error.message });
+    }).catch((e: unknown) => host.log('error', 'platform: following the state file failed', { error: String((e as Error)?.message ?? e) }));
+  const onStateFile = () => void follow();
+  if (cfg.syncIntervalMs > 0) watchFile(store.stateFile(), { interval: cfg.syncIntervalMs, persistent: false }, onStateFile);
 
   const publish = (ev: Omit<DeployEvent, 'at'>) => {
     host.publish('system/deploy', { ...ev, at: new Date().toISOString() }).catch((e: unknown) => host.log('warn', 'platform: publishing to system/deploy failed', { error: (e as Error)?.message }));
@@ -441,6 +475,9 @@ export default definePlugin(async (host: HostApi) => {
   const versionHeaders = new Map<string, { setHeaders: { 'x-bext-version': string } }>();
 
   return {
+    dispose() {
+      unwatchFile(store.stateFile(), onStateFile);
+    },
     async onRoute(req) {
       const fn = routes[req.route ?? req.path];
       if (!fn) return errorJson(new BextError('BEXT_ERR_NOT_FOUND', `platform has no route ${req.path}`));

@@ -334,6 +334,20 @@ describe('platform plugin', () => {
     expect(await post(b, '/api/platform/rollback', { app: 'blog' })).toMatchObject({ status: 200, json: { version: id2 } });
     expect(await get(b, 'blog.localhost')).toMatchObject({ version: id2, body: page('v2') });
   });
+
+  it('a second process sharing the data folder (a cluster worker) follows a switch made by the first', async () => {
+    const other = await start();
+    try {
+      expect(await get(other, 'blog.localhost')).toMatchObject({ version: id2 });
+      expect(await post(b, '/api/platform/promote', { app: 'blog', to: 'production', version: id1 })).toMatchObject({ status: 200 });
+      expect(await get(b, 'blog.localhost')).toMatchObject({ version: id1, body: page('v1') });
+      await until(async () => (await get(other, 'blog.localhost')).version === id1, 10_000, 'the second process to follow the switch');
+      expect(await get(other, 'blog.localhost')).toMatchObject({ status: 200, version: id1, body: page('v1') });
+      expect(other.logs.some((r) => r.msg === 'platform: followed a switch made by another process')).toBe(true);
+    } finally {
+      await other.close();
+    }
+  });
 });
 
 const bodyReader = plugin(
