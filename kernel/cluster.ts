@@ -179,6 +179,12 @@ async function freePort(host: string, what: string): Promise<number> {
  * a worker failed to start.
  */
 export async function runPrimary(o: PrimaryOptions): Promise<number> {
+  // Workers share the listening socket and the OS hands connections out.
+  // Round-robin (Node's default on Linux) has the primary accept each
+  // connection and pass it to a worker; when that worker dies before it
+  // acknowledges one, the primary neither closes nor re-sends it, and the
+  // client hangs. NODE_CLUSTER_SCHED_POLICY=rr still chooses round-robin.
+  if (process.env.NODE_CLUSTER_SCHED_POLICY === undefined) cluster.schedulingPolicy = cluster.SCHED_NONE;
   // Port 0 under node:cluster: every worker's listen(0) on the same address
   // shares one handle that the primary binds to a random port, but the
   // primary drops that handle when its last worker exits, and a replacement
