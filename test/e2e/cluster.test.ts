@@ -20,19 +20,24 @@ const BIN = resolve('kernel/cli/bin.js');
 /** A site whose lock holds one plugin answering /pid with the worker's pid and index. */
 function site(opts: { integrity?: string } = {}): string {
   const dir = mkdtempSync(join(tmp(), 'cluster-'));
+  mkdirSync(join(dir, 'pid'));
+  lockPlugin(dir, 'ok v1', opts.integrity);
+  writeFileSync(join(dir, 'bext.config.json'), JSON.stringify({ server: { port: 0, host: '127.0.0.1', shutdownTimeoutMs: 10_000 }, admin: { port: null } }));
+  return dir;
+}
+
+/** Writes the pid plugin answering `body` and locks it (as `bext plugin add` would). */
+function lockPlugin(dir: string, body: string, integrity?: string): void {
   const p = join(dir, 'pid');
-  mkdirSync(p);
   writeFileSync(join(p, 'bext-plugin.json'), JSON.stringify({ name: 'pid', version: '1.0.0', sandbox: 'trusted', entry: 'index.mjs', routes: [{ path: '/pid' }] }));
   writeFileSync(join(p, 'index.mjs'), `
 export default () => ({ onRoute() {
-  return { status: 200, headers: { 'x-pid': String(process.pid), 'x-worker': String(process.env.BEXT_WORKER_INDEX), 'x-workers': String(process.env.BEXT_WORKERS) }, body: 'ok' };
+  return { status: 200, headers: { 'x-pid': String(process.pid), 'x-worker': String(process.env.BEXT_WORKER_INDEX), 'x-workers': String(process.env.BEXT_WORKERS) }, body: ${JSON.stringify(body)} };
 } });`);
   writeLock(join(dir, 'plugins.lock.json'), {
     lockfileVersion: 1,
-    plugins: [{ name: 'pid', source: 'file:./pid', version: '1.0.0', sandbox: 'trusted', integrity: opts.integrity ?? computeIntegrity(p), capabilities: [], order: 1 }],
+    plugins: [{ name: 'pid', source: 'file:./pid', version: '1.0.0', sandbox: 'trusted', integrity: integrity ?? computeIntegrity(p), capabilities: [], order: 1 }],
   });
-  writeFileSync(join(dir, 'bext.config.json'), JSON.stringify({ server: { port: 0, host: '127.0.0.1', shutdownTimeoutMs: 10_000 }, admin: { port: null } }));
-  return dir;
 }
 
 interface Run {
@@ -90,11 +95,12 @@ describe('bext run --workers', () => {
     // another; and probes that each open a new connection, so that new
     // connections reach every worker. A request that gets no answer fails
     // after 15 s instead of hanging the test.
-    type Phase = 'steady' | 'rolling' | 'rolled' | 'crash' | 'recovered';
+    type Phase = 'steady' | 'rolling' | 'rolled' | 'crash' | 'recovered' | 'reload';
     let phase: Phase = 'steady';
-    const ok: Record<Phase, number> = { steady: 0, rolling: 0, rolled: 0, crash: 0, recovered: 0 };
-    const failed: Record<Phase, string[]> = { steady: [], rolling: [], rolled: [], crash: [], recovered: [] };
+    const ok: Record<Phase, number> = { steady: 0, rolling: 0, rolled: 0, crash: 0, recovered: 0, reload: 0 };
+    const failed: Record<Phase, string[]> = { steady: [], rolling: [], rolled: [], crash: [], recovered: [], reload: [] };
     const byPid = new Map<number, number>();
+    const lastBody = new Map<number, string>();
     const workerIndexOf = new Map<number, string>();
     let stop = false;
     const deadline = Date.now() + 75_000;
@@ -104,8 +110,9 @@ describe('bext run --workers', () => {
       try {
         const r = await c.request({ path: '/pid', method: 'GET', reset: fresh });
         const body = await r.body.text();
-        if (r.statusCode !== 200 || body !== 'ok') throw new Error(`status ${r.statusCode}: ${body}`);
+        if (r.statusCode !== 200 || !body.startsWith('ok v')) throw new Error(`status ${r.statusCode}: ${body}`);
         const pid = Number(r.headers['x-pid']);
+        lastBody.set(pid, body);
         byPid.set(pid, (byPid.get(pid) ?? 0) + 1);
         workerIndexOf.set(pid, `${r.headers['x-worker']}/${r.headers['x-workers']}`);
         ok[p]++;
@@ -157,6 +164,13 @@ describe('bext run --workers', () => {
       expect(workerIndexOf.get(replacement)).toBe('0/2');
       // Requests in flight on the killed process may fail; none after its replacement serves.
       expect(failed.recovered).toEqual([]);
+
+      // Each worker watches the lock: a re-locked plugin reaches both, without a restart.
+      phase = 'reload';
+      lockPlugin(dir, 'ok v2');
+      const current = [replacement, renewed[1]!];
+      await until(async () => (await send(prober, true), current.every((p) => lastBody.get(p) === 'ok v2')), 20_000, 'both workers reloaded');
+      expect(failed.reload).toEqual([]);
       console.log(`cluster load: ${JSON.stringify(ok)} ok; failed while a worker was killed: ${failed.crash.length}${failed.crash.length ? ` (${[...new Set(failed.crash)].join('; ')})` : ''}`);
     } finally {
       stop = true;
