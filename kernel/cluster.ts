@@ -351,7 +351,7 @@ class Primary {
           } catch (e) {
             if (this.#stopping) return;
             this.#o.log.error('restart stopped: a replacement worker failed to start; the running workers keep serving', { worker: slot.index, error: (e as Error).message });
-            this.#o.err((e as Error).message);
+            this.#o.out(`restart stopped: the replacement for worker ${slot.index} failed to start (the error is logged); the running workers keep serving`);
             return;
           }
           if (this.#stopping) return;

@@ -190,6 +190,31 @@ describe('bext run --workers', () => {
     expect(alive(replacement)).toBe(false);
   });
 
+  it('a restart whose new workers cannot start stops, and the running workers keep serving', { timeout: 60_000 }, async () => {
+    const dir = site();
+    const run = (running = start(dir));
+    const url = (await line(run, /^bext serving .* on (http:\/\/127\.0\.0\.1:\d+) with 2 worker/))[1]!;
+    const w = await line(run, /^workers: 0=pid (\d+), 1=pid (\d+)/);
+    const pids = [Number(w[1]), Number(w[2])];
+    lockPlugin(dir, 'ok v1', 'sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=');
+    run.proc.kill('SIGHUP');
+    await line(run, /^restart stopped: the replacement for worker 0 failed to start/);
+    expect(run.err.some((l) => l.includes('restart stopped') && l.includes('BEXT_ERR_LOCK_INTEGRITY'))).toBe(true);
+    expect(pids.every(alive)).toBe(true);
+    const client = new Client(url);
+    const seen = new Set<number>();
+    // New connections until both old workers have answered.
+    await until(async () => {
+      const r = await client.request({ path: '/pid', method: 'GET', reset: true });
+      expect(await r.body.text()).toBe('ok v1');
+      seen.add(Number(r.headers['x-pid']));
+      return pids.every((p) => seen.has(p));
+    }, 15_000, 'both workers answering');
+    await client.close();
+    run.proc.kill('SIGTERM');
+    expect(await run.exit).toBe(0);
+  });
+
   it('a worker that cannot start ends the primary with a non-zero code and its error printed once', async () => {
     const run = (running = start(site({ integrity: 'sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=' })));
     expect(await run.exit).toBe(1);
