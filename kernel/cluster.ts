@@ -288,6 +288,8 @@ class Primary {
       });
     });
     worker.on('exit', (code, signal) => this.#onExit(index, worker, code, signal));
+    // A send to a worker that is dying fails with EPIPE; its exit is what counts.
+    worker.on('error', (e: Error) => this.#o.log.warn('worker channel error', { worker: index, pid: worker.process.pid, error: e.message }));
     return { worker, ready };
   }
 
