@@ -31,6 +31,11 @@ export interface LogConfig {
 export interface LoggerOptions extends LogConfig {
   /** Receives each line instead of a destination (tests). */
   sink?: (line: string) => void;
+  /**
+   * Fields every record carries, before its own.
+   * @example new Logger({ fields: { worker: 0 } }) // cluster worker 0
+   */
+  fields?: Record<string, unknown>;
 }
 
 function destinationOf(d: string | undefined, sink: ((line: string) => void) | undefined): DestinationStream {
@@ -49,12 +54,14 @@ export class Logger {
   #pino: Pino;
   #sink: ((line: string) => void) | undefined;
   #dest: DestinationStream;
+  #fields: Record<string, unknown> | undefined;
 
   constructor(opts: LogLevel | LoggerOptions = {}, sink?: (line: string) => void) {
     const o: LoggerOptions = typeof opts === 'string' ? { level: opts, sink } : { ...opts, sink: opts.sink ?? sink };
     this.#min = LEVELS[o.level ?? (process.env.BEXT_LOG as LogLevel)] ?? 30;
     this.#floor = this.#min;
     this.#sink = o.sink;
+    this.#fields = o.fields;
     this.#dest = destinationOf(o.destination, o.sink);
     this.#pino = this.#make(this.#dest);
     if (o.plugins) for (const [p, l] of Object.entries(o.plugins)) this.setPluginLevel(p, l);
@@ -106,7 +113,7 @@ export class Logger {
     const plugin = typeof fields?.plugin === 'string' ? fields.plugin : undefined;
     const write = this.enabled(level, plugin);
     if (!write && this.#subscribers.size === 0) return;
-    const rec: LogRecord = { time: Date.now(), level, msg, ...fields };
+    const rec: LogRecord = this.#fields ? { time: Date.now(), level, msg, ...this.#fields, ...fields } : { time: Date.now(), level, msg, ...fields };
     if (write) {
       const { level: _l, msg: _m, ...rest } = rec;
       try {

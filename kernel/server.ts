@@ -1145,14 +1145,25 @@ export class Kernel {
    * ones on open keep-alive connections are still answered, with
    * `Connection: close`) until the deadline, then dispose plugins in reverse
    * load order.
+   *
+   * `idle: 'close'` (the default) cuts idle keep-alive connections at once.
+   * `idle: 'keep'` leaves them to end by themselves — at their next request,
+   * answered with `Connection: close`, or when the client or the keep-alive
+   * timeout closes them — and waits for that (within the deadline). Cutting
+   * an idle connection races a client that is sending a request on it at
+   * that moment, and that request fails; a keep-alive timeout does not,
+   * because every response announces it (`Keep-Alive: timeout=N`) and
+   * clients close their side before it. Rolling restarts use `'keep'`.
    */
-  async close(deadlineMs = this.config.server.shutdownTimeoutMs): Promise<void> {
+  async close(deadlineMs = this.config.server.shutdownTimeoutMs, opts: { idle?: 'close' | 'keep' } = {}): Promise<void> {
     if (this.#draining) return;
     this.#draining = true;
-    for (const l of this.#listeners) l.close();
-    if (this.#http) this.#http.closeIdleConnections();
+    // A listener's close callback runs once every connection it accepted has ended.
+    const connectionsEnded = Promise.all(this.#listeners.map((l) => new Promise<void>((r) => l.close(() => r()))));
+    if (this.#http && opts.idle !== 'keep') this.#http.closeIdleConnections();
     const deadline = new Promise<void>((r) => setTimeout(r, deadlineMs).unref());
     if (this.#inflight > 0) await Promise.race([new Promise<void>((r) => (this.#drained = r)), deadline]);
+    if (opts.idle === 'keep') await Promise.race([connectionsEnded, deadline]);
     if (this.#http) {
       const closed = new Promise<void>((r) => this.#http.close(() => r()));
       this.#http.closeIdleConnections();

@@ -2,12 +2,14 @@
  * The `bext` command line. Every command prints what it did, exits non-zero
  * with a one-line reason on failure, and answers `--help`.
  */
-import { cpSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { createInterface } from 'node:readline/promises';
 import { pathToFileURL } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import cluster from 'node:cluster';
 import { BextError, CAPABILITIES, SANDBOX_KINDS, type SandboxKind } from '../../plugin-api/index.js';
+import { clusterWorker, parseWorkers, runPrimary, runWorker } from '../cluster.js';
 import { loadConfig, type BextConfig } from '../config.js';
 import { computeIntegrity } from '../integrity.js';
 import { readLock, writeLock, type LockEntry } from '../lock.js';
@@ -30,6 +32,7 @@ Usage: bext <command> [options]
 
 Commands:
   run [dir]                 serve a site folder (zero-config: dir/public + the locked plugins)
+  restart                   restart a running \`bext run\` (its workers one by one)
   plugin add <name|path>    lock a builtin plugin, a plugin folder or a .wasm file
   plugin remove <name>      remove a plugin from plugins.lock.json
   plugin list               list locked plugins (--available: the builtin ones)
@@ -41,11 +44,26 @@ Commands:
 
 Run \`bext <command> --help\` for a command's options.`,
   run: `Usage: bext run [dir] [--port N] [--host H] [--config FILE] [--lock FILE] [--admin-port N] [--no-watch]
+                    [--workers N|auto] [--pid-file FILE]
 
 Serves dir (default .). The config file and the lock are watched: a change is loaded beside the
 running plugin set and swapped in atomically; a bad change is refused and the old set keeps serving. Config: --config, else dir/bext.config.json, else ./bext.config.json, else
 the embedded defaults. Plugins: --lock, else dir/plugins.lock.json, else ./plugins.lock.json, else
-bext's own default composition. SIGINT/SIGTERM drain in-flight requests, then stop.`,
+bext's own default composition. SIGINT/SIGTERM drain in-flight requests, then stop. SIGHUP reloads
+the config and the lock (one process) or restarts the workers (--workers).
+
+--workers N|auto  cluster mode: N worker processes (auto: one per core) share the listeners; each
+                  runs the plugins on its own, so state they must share needs redis.url. A worker
+                  that crashes is restarted (backoff doubling from 0.1 s to 30 s). SIGHUP (or
+                  \`bext restart\`) replaces the workers one by one, each new one listening before
+                  the old one drains: no request is lost. Workers see BEXT_WORKER_INDEX (0..N-1,
+                  kept by a slot's replacements) and BEXT_WORKERS; their log lines carry "worker".
+--pid-file FILE   write the pid of the process to signal (the primary in cluster mode) to FILE.`,
+  restart: `Usage: bext restart [--pid-file FILE]
+
+Sends SIGHUP to the bext whose pid is in FILE (default ./bext.pid, as written by
+\`bext run --pid-file\`): with --workers, it replaces its workers one by one, with no downtime;
+without, it reloads the config and the lock.`,
   'plugin add': `Usage: bext plugin add <builtin-name | ./folder | ./plugin.wasm> [--yes | --grant CAP... | --grant-none] [--scope global|group] [--lock FILE]
 
 Validates the manifest, shows the capabilities it asks for and asks to grant them (--yes grants them
@@ -90,7 +108,7 @@ function findConfig(dir: string, explicit?: string): string | undefined {
 }
 
 async function cmdRun(argv: string[]) {
-  const a = args(argv, { port: { type: 'string', short: 'p' }, host: { type: 'string' }, config: { type: 'string', short: 'c' }, lock: { type: 'string' }, 'admin-port': { type: 'string' }, 'no-watch': { type: 'boolean' } });
+  const a = args(argv, { port: { type: 'string', short: 'p' }, host: { type: 'string' }, config: { type: 'string', short: 'c' }, lock: { type: 'string' }, 'admin-port': { type: 'string' }, 'no-watch': { type: 'boolean' }, workers: { type: 'string', short: 'w' }, 'pid-file': { type: 'string' } });
   if (a.values.help) return void out(HELP.run!);
   const dir = resolve(a.positionals[0] ?? '.');
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new UsageError(`${dir} is not a folder`);
@@ -106,23 +124,65 @@ async function cmdRun(argv: string[]) {
   if (a.values.host !== undefined) config.server.host = String(a.values.host);
   if (a.values['admin-port'] !== undefined) config.admin.port = num(a.values['admin-port'], 'admin-port');
   const lockFile = findLock(dir, a.values.lock as string | undefined);
+  const pidFile = a.values['pid-file'] !== undefined ? resolve(String(a.values['pid-file'])) : undefined;
+  const site = relative(process.cwd(), dir) || '.';
+  const plugins = (k: Kernel) => k.plugins().map((p) => `${p.name}@${p.version}[${p.sandbox}]`).join(', ') || 'none';
+  if (a.values.workers !== undefined && cluster.isPrimary) {
+    const workers = parseWorkers(String(a.values.workers));
+    const code = await runPrimary({ workers, config, siteLabel: site, pidFile, log: new Logger({ fields: { role: 'primary' } }), out, err: (l) => process.stderr.write(`${l}\n`) });
+    process.exit(code);
+  }
+  const worker = clusterWorker();
+  if (worker) {
+    if (worker.port !== undefined) config.server.port = worker.port;
+    if (worker.adminPort !== undefined) config.admin.port = worker.adminPort;
+    const logger = new Logger({ fields: { worker: worker.index } });
+    return runWorker(async () => {
+      const kernel = await Kernel.create({ config, configFile, lockFile, siteDir: dir, logger });
+      const { port, adminPort } = await kernel.listen();
+      if (!a.values['no-watch']) kernel.watch();
+      return { kernel, port, adminPort, plugins: `${plugins(kernel)} (from ${relative(process.cwd(), lockFile) || lockFile})` };
+    }, errorText, logger);
+  }
   const kernel = await Kernel.create({ config, configFile, lockFile, siteDir: dir, logger: new Logger() });
   const { port, adminPort } = await kernel.listen();
   if (!a.values['no-watch']) kernel.watch();
-  out(`bext serving ${relative(process.cwd(), dir) || '.'} on http://${config.server.host === '0.0.0.0' ? '127.0.0.1' : config.server.host}:${port}` + (adminPort !== null ? ` (admin on http://${config.admin.host}:${adminPort})` : ''));
-  out(`plugins: ${kernel.plugins().map((p) => `${p.name}@${p.version}[${p.sandbox}]`).join(', ') || 'none'} (from ${relative(process.cwd(), lockFile) || lockFile})`);
+  if (pidFile) writeFileSync(pidFile, `${process.pid}\n`);
+  out(`bext serving ${site} on http://${config.server.host === '0.0.0.0' ? '127.0.0.1' : config.server.host}:${port}` + (adminPort !== null ? ` (admin on http://${config.admin.host}:${adminPort})` : ''));
+  out(`plugins: ${plugins(kernel)} (from ${relative(process.cwd(), lockFile) || lockFile})`);
   let stopping = false;
   const stop = (sig: string) => {
     if (stopping) return;
     stopping = true;
     out(`${sig}: draining ${kernel.inflight} in-flight request(s)…`);
     kernel.close().then(
-      () => process.exit(0),
+      () => {
+        if (pidFile) rmSync(pidFile, { force: true });
+        process.exit(0);
+      },
       () => process.exit(1),
     );
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
+  // One process has no workers to replace: SIGHUP (`bext restart`) reloads the config and the lock.
+  process.on('SIGHUP', () => void kernel.reload());
+}
+
+async function cmdRestart(argv: string[]) {
+  const a = args(argv, { 'pid-file': { type: 'string' } });
+  if (a.values.help) return void out(HELP.restart!);
+  const file = resolve(String(a.values['pid-file'] ?? 'bext.pid'));
+  if (!existsSync(file)) throw new UsageError(`no pid file at ${file}: start bext with \`bext run --pid-file ${relative(process.cwd(), file) || file}\`, or pass the one it writes with --pid-file`);
+  const pid = Number(readFileSync(file, 'utf8').trim());
+  if (!Number.isInteger(pid) || pid <= 0) throw new UsageError(`${file} does not hold a pid`);
+  try {
+    process.kill(pid, 'SIGHUP');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ESRCH') throw new UsageError(`no process ${pid} (from ${file}): bext is not running, or the pid file is stale`);
+    throw e;
+  }
+  out(`sent SIGHUP to bext (pid ${pid}): its workers restart one by one (one process: it reloads its config and lock)`);
 }
 
 async function confirm(question: string): Promise<boolean> {
@@ -376,6 +436,7 @@ export async function main(argv: string[]): Promise<number> {
       return 0;
     }
     if (cmd === 'run') await cmdRun(rest);
+    else if (cmd === 'restart') await cmdRestart(rest);
     else if (cmd === 'plugin') {
       const [sub, ...r] = rest;
       const table: Record<string, (a: string[]) => Promise<void>> = { add: cmdPluginAdd, remove: cmdPluginRemove, list: cmdPluginList, verify: cmdPluginVerify, new: cmdPluginNew, build: cmdPluginBuild };
@@ -396,14 +457,18 @@ export async function main(argv: string[]): Promise<number> {
     }
     return 0;
   } catch (e) {
-    if (e instanceof BextError) {
-      const [first, ...more] = e.message.split('\n');
-      process.stderr.write(`bext: ${e.code}: ${first}${more.length ? '' : e.hint ? ` — ${e.hint}` : ''}\n`);
-      for (const l of more) process.stderr.write(`  ${l}\n`);
-      if (more.length && e.hint) process.stderr.write(`  ${e.hint}\n`);
-    } else process.stderr.write(`bext: ${(e as Error)?.stack ?? String(e)}\n`);
+    process.stderr.write(`${errorText(e)}\n`);
     return 1;
   }
+}
+
+/** An error as the CLI prints it: `bext: CODE: message — hint`, further lines indented. */
+function errorText(e: unknown): string {
+  if (!(e instanceof BextError)) return `bext: ${(e as Error)?.stack ?? String(e)}`;
+  const [first, ...more] = e.message.split('\n');
+  const lines = [`bext: ${e.code}: ${first}${more.length ? '' : e.hint ? ` — ${e.hint}` : ''}`, ...more.map((l) => `  ${l}`)];
+  if (more.length && e.hint) lines.push(`  ${e.hint}`);
+  return lines.join('\n');
 }
 
 const isMain = process.argv[1] && resolve(process.argv[1]).replace(/\.[cm]?[jt]s$/, '') === resolve(dirname(new URL(import.meta.url).pathname), 'main');
