@@ -29,6 +29,7 @@ import { Logger } from './log.js';
 import { locatePlugin } from './manifest.js';
 import { KernelMetrics, FastHistogram } from './metrics.js';
 import { HookFailure, LoadedPlugin, isFailure } from './plugin.js';
+import { Scheduler, workerIndexFromEnv } from './scheduler.js';
 import { BextRequest, hostOf } from './request.js';
 
 /** A plugin to load: from the lock file, or given directly (tests, zero-config). */
@@ -138,6 +139,7 @@ export class Kernel {
   #adminToken: Buffer | null;
   #opts: KernelOptions;
   #singleGroup: CompiledGroup | null = null;
+  #scheduler: Scheduler;
 
   private constructor(opts: KernelOptions) {
     this.#opts = opts;
@@ -156,6 +158,7 @@ export class Kernel {
       })),
     );
     this.metrics.extraText = () => this.#httpText();
+    this.#scheduler = new Scheduler({ log: this.log, registry: this.metrics.registry, redisUrl: opts.config.redis?.url, workerIndex: workerIndexFromEnv() });
     this.#hostCtx = {
       publish: (topic, data, publisher) => this.publish(topic, data, publisher),
       log: (level, msg, fields) => this.log.log(level, msg, fields),
@@ -163,6 +166,8 @@ export class Kernel {
       audit: (plugin, fn, detail) => this.#audit(plugin, fn, detail),
       kv: { get: (ns, k) => this.#kv.get(ns, k), set: (ns, k, v, t) => this.#kv.set(ns, k, v, t), del: (ns, k) => this.#kv.del(ns, k) },
       services: (plugin) => this.#services(plugin),
+      schedule: (host, name, cron, o) => this.#scheduler.register(host, name, cron, o),
+      unschedule: (host, name) => this.#scheduler.unregister(host, name),
     };
   }
 
@@ -256,6 +261,7 @@ export class Kernel {
         }
         const loaded = new LoadedPlugin(m, instance, grants, i, scope, loc.source, this.log, (p) => this.metrics.quarantines.inc({ plugin: p.name }), this.#opts.quarantineBackoffMs);
         loaded.fingerprint = fingerprint;
+        this.#scheduler.bind(host, loaded);
         const early = this.#pendingDegraded.get(m.name);
         if (early) {
           loaded.state = 'degraded';
@@ -303,6 +309,7 @@ export class Kernel {
       this.config = { ...this.config, groups: config.groups, plugins: config.plugins };
       this.#plugins = gen.plugins;
       this.#setChains(gen.chains);
+      this.#scheduler.sync(gen.plugins);
       // Dispose what left once every request that started on the old set is done.
       const retire = () => void this.#dispose(removed);
       if (oldGen.inflight === 0) retire();
@@ -406,6 +413,7 @@ export class Kernel {
       }
     }
     this.#ready = true;
+    this.#scheduler.start(this.#plugins);
     const port = (pub.address() as net.AddressInfo).port;
     this.log.info('bext listening', { port, adminPort, plugins: this.#plugins.map((p) => p.name) });
     return { port, adminPort };
@@ -956,6 +964,8 @@ export class Kernel {
         p.detail = detail ?? undefined;
       },
       siteDir: this.siteDir,
+      scheduler: () => this.#scheduler.status(),
+      runTask: (p, task) => this.#scheduler.runNow(p, task),
     };
   }
 
@@ -1004,6 +1014,7 @@ export class Kernel {
   async close(deadlineMs = this.config.server.shutdownTimeoutMs): Promise<void> {
     if (this.#draining) return;
     this.#draining = true;
+    const tasksStopped = this.#scheduler.stop(deadlineMs);
     for (const l of this.#listeners) l.close();
     if (this.#http) this.#http.closeIdleConnections();
     const deadline = new Promise<void>((r) => setTimeout(r, deadlineMs).unref());
@@ -1014,6 +1025,7 @@ export class Kernel {
       await Promise.race([closed, deadline]);
       this.#http.closeAllConnections();
     }
+    await tasksStopped;
     await this.#disposePlugins();
     if ('close' in this.#kv) await (this.#kv as { close(): Promise<void> }).close();
     this.log.info('bext stopped');
