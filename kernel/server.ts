@@ -973,6 +973,11 @@ export class Kernel {
     return this.#plugins.map((p) => p.status());
   }
 
+  /** The scheduler: every task's status, manual runs (for tests and the CLI). */
+  get scheduler(): Scheduler {
+    return this.#scheduler;
+  }
+
   /** The loaded plugin objects (for tests and the CLI). */
   loaded(): readonly LoadedPlugin[] {
     return this.#plugins;
