@@ -31,6 +31,10 @@ const MAX_DELAY_MS = 2 ** 31 - 1;
  * that reaches the same tick later than this would run it again.
  */
 const MIN_LOCK_TTL_MS = 60_000;
+/** A run lease outlives the run's deadline by this much, then frees the task should its holder have died. */
+const LEASE_MARGIN_MS = 5_000;
+/** Deletes the lease only when this instance still holds it. */
+const RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0";
 const TASK_NAME = new RegExp(TASK_NAME_PATTERN);
 const OUTCOMES: TaskOutcome[] = ['ok', 'error', 'timeout', 'skipped-overlap', 'ran-elsewhere', 'lock-failed'];
 const FAILED: ReadonlySet<TaskOutcome> = new Set(['error', 'timeout', 'lock-failed']);
@@ -90,6 +94,8 @@ class Task {
   consecutiveFailures = 0;
   history: TaskRun[] = [];
   lastFailure: TaskRun | null = null;
+  /** This instance holds the task's cluster run lease (overlap skip/queue with Redis). */
+  leased = false;
 
   constructor(
     readonly plugin: LoadedPlugin,
@@ -360,10 +366,46 @@ export class Scheduler {
       }
       return void this.#begin(t, scheduledAt);
     }
-    const p = this.#lock(t, scheduledAt).then((won) => {
-      if (won === true) return this.#begin(t, scheduledAt);
+    const p = this.#lock(t, scheduledAt).then(async (won) => {
       if (won === false) return void this.#skip(t, scheduledAt, 'ran-elsewhere');
-      this.#skip(t, scheduledAt, 'lock-failed', `redis: ${won.message}`);
+      if (won !== true) return void this.#skip(t, scheduledAt, 'lock-failed', `redis: ${won.message}`);
+      if (t.spec.overlap === 'allow' || t.leased) return this.#begin(t, scheduledAt);
+      // Overlap across the cluster: a run holds the task's lease while it runs,
+      // so a tick won here while another instance still runs the task is skipped.
+      const leased = await this.#lease(t);
+      if (leased === false) return void this.#skip(t, scheduledAt, 'skipped-overlap', 'the previous run was still running on another instance');
+      if (leased !== true) return void this.#skip(t, scheduledAt, 'lock-failed', `redis: ${leased.message}`);
+      t.leased = true;
+      const run = this.#begin(t, scheduledAt);
+      // A manual run that started meanwhile made this tick a skip: nothing holds the lease.
+      if (t.running === 0 && !t.queued) this.#release(t);
+      return run;
+    });
+    this.#track(p);
+  }
+
+  #leaseKey(t: Task): string {
+    return `bext:sched:${t.plugin.name}:${t.name}:running`;
+  }
+
+  /** Takes the task's run lease (it expires a little after the run's deadline, should this instance die). */
+  async #lease(t: Task): Promise<boolean | Error> {
+    const redis = this.#redis;
+    if (!redis) return new Error('not connected');
+    try {
+      return (await redis.set(this.#leaseKey(t), this.instanceId, 'PX', t.timeoutMs + LEASE_MARGIN_MS, 'NX')) === 'OK';
+    } catch (e) {
+      return e as Error;
+    }
+  }
+
+  /** Gives the lease back once no run of the task is left here (only if it is still ours). */
+  #release(t: Task): void {
+    t.leased = false;
+    const redis = this.#redis;
+    if (!redis) return;
+    const p = redis.eval(RELEASE, 1, this.#leaseKey(t), this.instanceId).catch((e: Error) => {
+      this.#log.warn('scheduler: could not release a task lease; it expires by itself', { plugin: t.plugin.name, task: t.name, error: e.message });
     });
     this.#track(p);
   }
@@ -431,9 +473,13 @@ export class Scheduler {
     const q = t.queued;
     if (q && t.running === 0) {
       t.queued = null;
-      if (this.#active) void this.#begin(t, q.scheduledAt).then(q.done);
-      else q.done(this.#skip(t, q.scheduledAt, 'skipped-overlap', 'the server stopped before the queued run started'));
+      if (this.#active) {
+        // The queued run keeps the lease; its deadline starts now.
+        if (t.leased) void this.#redis?.pexpire(this.#leaseKey(t), t.timeoutMs + LEASE_MARGIN_MS).catch(() => undefined);
+        void this.#begin(t, q.scheduledAt).then(q.done);
+      } else q.done(this.#skip(t, q.scheduledAt, 'skipped-overlap', 'the server stopped before the queued run started'));
     }
+    if (t.leased && t.running === 0 && !t.queued) this.#release(t);
     return rec;
   }
 

@@ -65,7 +65,7 @@ export interface ScheduleSpec {
   /** Cron pattern (croner syntax): 5 fields, or 6 with seconds first; `@hourly` and the like. */
   cron: string;
   /**
-   * A tick that comes while the previous run still runs on this instance:
+   * A tick that comes while the previous run still runs (in a cluster, on any instance):
    * `skip` it (recorded as skipped-overlap; the default), `queue` one run
    * after the current one, or `allow` both to run at once.
    */

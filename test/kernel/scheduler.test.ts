@@ -240,6 +240,24 @@ describe('scheduler in a cluster', () => {
     expect(both().every((x) => x === 'ok+ran-elsewhere')).toBe(true);
   });
 
+  it('skips ticks while any kernel of the cluster still runs the task (overlap skip), then runs again', async () => {
+    const name = uniq('lease');
+    const dir = taskPlugin(name, { schedules: { slow: { cron: '* * * * * *', timeoutMs: 10_000 } } });
+    const one = await start([dir], { redis: { url: REDIS }, plugins: { [name]: { who: 'one' } } });
+    const two = await start([dir], { redis: { url: REDIS }, plugins: { [name]: { who: 'two' } } });
+    const skipped = () => task(one, name, 'slow').counts['skipped-overlap'] + task(two, name, 'slow').counts['skipped-overlap'];
+    await until(() => g.__sched[name]?.length === 1, 5000, 'the first run');
+    // Without a cluster-wide lease the idle kernel would take the next ticks and run them alongside.
+    await until(() => skipped() >= 3, 8000, 'three skipped ticks');
+    expect(g.__sched[name]).toHaveLength(1);
+    const skips = [...task(one, name, 'slow').history, ...task(two, name, 'slow').history].filter((r) => r.outcome === 'skipped-overlap');
+    expect(skips.some((r) => r.error === 'the previous run was still running on another instance')).toBe(true);
+    g.__gates[name]!.shift()!();
+    await until(() => g.__sched[name]!.length === 2, 5000, 'a run after the first one finished');
+    g.__gates[name]!.shift()!();
+    await until(() => task(one, name, 'slow').counts.ok + task(two, name, 'slow').counts.ok === 2, 5000, 'both runs to finish');
+  });
+
   it('skips cluster ticks with lock-failed while Redis cannot be reached, and never runs them', async () => {
     const name = uniq('nolock');
     const b = await start([taskPlugin(name, { schedules: { beat: { cron: '* * * * * *' }, local: { cron: '* * * * * *', scope: 'instance' } } })], { redis: { url: 'redis://127.0.0.1:1' } });
