@@ -33,6 +33,8 @@ const MAX_DELAY_MS = 2 ** 31 - 1;
 const MIN_LOCK_TTL_MS = 60_000;
 /** A run lease outlives the run's deadline by this much, then frees the task should its holder have died. */
 const LEASE_MARGIN_MS = 5_000;
+/** How long a tick waits for the first Redis connection (a reconnect is not waited for). */
+const FIRST_CONNECT_WAIT_MS = 1_000;
 /** Deletes the lease only when this instance still holds it. */
 const RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0";
 const TASK_NAME = new RegExp(TASK_NAME_PATTERN);
@@ -152,6 +154,10 @@ export class Scheduler {
   readonly #redisUrl: string | undefined;
   readonly #workerIndex: number | null;
   #redis: Redis | null = null;
+  /** Settles once the client exists (not once it is connected). */
+  #connecting: Promise<void> | null = null;
+  /** Resolves when the first connection is ready; ticks that come earlier wait for it (bounded). */
+  #redisReady: Promise<void> | null = null;
   #redisDown = false;
   #active = false;
   #plugins = new Set<LoadedPlugin>();
@@ -209,7 +215,7 @@ export class Scheduler {
   start(plugins: readonly LoadedPlugin[]): void {
     if (this.#active) return this.sync(plugins);
     this.#active = true;
-    if (this.#redisUrl && !this.#redis) void this.#connect(this.#redisUrl);
+    if (this.#redisUrl && !this.#connecting) this.#connecting = this.#connect(this.#redisUrl);
     this.sync(plugins);
   }
 
@@ -412,8 +418,14 @@ export class Scheduler {
 
   /** Takes the tick's lock: true when this instance runs it, false when another does, an Error when Redis could not say. */
   async #lock(t: Task, scheduledAt: number): Promise<boolean | Error> {
+    if (!this.#redis && this.#connecting) await this.#connecting;
     const redis = this.#redis;
     if (!redis) return new Error('not connected');
+    if (this.#redisReady && (redis.status === 'wait' || redis.status === 'connecting' || redis.status === 'connect')) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.#redisReady, new Promise<void>((r) => (timer = setTimeout(r, FIRST_CONNECT_WAIT_MS)))]);
+      clearTimeout(timer);
+    }
     const key = `bext:sched:${t.plugin.name}:${t.name}:${scheduledAt}`;
     try {
       const r = await redis.set(key, this.instanceId, 'PX', Math.max(MIN_LOCK_TTL_MS, t.timeoutMs * 2), 'NX');
@@ -507,7 +519,11 @@ export class Scheduler {
     });
     if (!this.#active) return void r.disconnect();
     this.#redis = r;
-    await r.connect().catch((e: Error) => this.#log.warn('scheduler: cannot connect to redis yet; cluster-scoped ticks are skipped until it answers', { error: e.message }));
+    this.#redisReady = new Promise<void>((res) => r.once('ready', () => {
+      this.#redisReady = null;
+      res();
+    }));
+    r.connect().catch((e: Error) => this.#log.warn('scheduler: cannot connect to redis yet; cluster-scoped ticks are skipped until it answers', { error: e.message }));
   }
 
   // ---------------------------------------------------------------- status
