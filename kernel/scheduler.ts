@@ -33,6 +33,8 @@ const MAX_DELAY_MS = 2 ** 31 - 1;
 const MIN_LOCK_TTL_MS = 60_000;
 /** A run lease outlives the run's deadline by this much, then frees the task should its holder have died. */
 const LEASE_MARGIN_MS = 5_000;
+/** A tick this late (the event loop was blocked) still fires; older ones are dropped. */
+const MAX_LATE_MS = 1_000;
 /** How long a tick waits for the first Redis connection (a reconnect is not waited for). */
 const FIRST_CONNECT_WAIT_MS = 1_000;
 /** Deletes the lease only when this instance still holds it. */
@@ -325,8 +327,11 @@ export class Scheduler {
 
   #arm(t: Task): void {
     if (t.timer || !this.#active) return;
-    const from = Math.max(Date.now(), t.lastTick);
-    const next = t.cron.nextRun(new Date(from));
+    // Ticks follow from the last one, so a loop that was busy for a moment still
+    // fires a tick that is a little late; ticks older than MAX_LATE_MS are dropped.
+    const now = Date.now();
+    let next = t.cron.nextRun(new Date(t.lastTick || now));
+    if (next && next.getTime() < now - MAX_LATE_MS) next = t.cron.nextRun(new Date(now));
     if (!next) {
       t.next = null;
       return;
@@ -340,12 +345,20 @@ export class Scheduler {
         this.#arm(t);
       }, MAX_DELAY_MS);
     } else {
-      t.timer = setTimeout(() => {
+      const fire = () => {
+        // Timers run on the monotonic clock and may come a millisecond before the wall-clock tick.
+        const early = at - Date.now();
+        if (early > 0) {
+          t.timer = setTimeout(fire, early);
+          t.timer.unref();
+          return;
+        }
         t.timer = null;
         t.lastTick = at;
         this.#tick(t, at);
         this.#arm(t);
-      }, Math.max(0, delay));
+      };
+      t.timer = setTimeout(fire, Math.max(0, delay));
     }
     // The listeners keep the process alive; a pending tick must not.
     t.timer.unref();
