@@ -37,13 +37,14 @@ const uniq = (base: string) => `${base}-${randomBytes(4).toString('hex')}`;
  * A trusted plugin whose onSchedule records each run in `globalThis.__sched[name]`
  * and, for tasks named `slow*`, waits until the test opens its gate.
  */
-function taskPlugin(name: string, manifest: Record<string, unknown>, extra = ''): string {
+function taskPlugin(name: string, manifest: Record<string, unknown>, extra = '', hooks = ''): string {
   return plugin(name, { configSchema: { type: 'object', properties: { who: { type: 'string' } } }, ...manifest }, `
 globalThis.__sched[${JSON.stringify(name)}] ??= [];
 globalThis.__gates[${JSON.stringify(name)}] ??= [];
 export default (host) => {
   ${extra}
   return {
+    ${hooks}
     async onSchedule(task) {
       globalThis.__sched[${JSON.stringify(name)}].push({ who: host.config().who ?? '', ...task });
       if (task.name.startsWith('slow')) await new Promise((r) => globalThis.__gates[${JSON.stringify(name)}].push(r));
@@ -143,15 +144,10 @@ describe('scheduler', () => {
 
   it('adds and removes tasks at runtime with bext_schedule, which needs the schedule grant', async () => {
     const name = uniq('runtime');
-    const dir = taskPlugin(name, { capabilities: ['schedule'], routes: [{ path: `/${name}/drop`, methods: ['POST'] }] }, `
-    host.schedule('early', '* * * * * *', { scope: 'instance' });
-    const route = async () => ({ status: 200, body: String(await host.unschedule('early')) });
-    setTimeout(() => {}, 0);
-    globalThis.__route = route;`);
-    // The factory above registers a task while it runs; onRoute removes it.
-    const { writeFileSync, readFileSync } = await import('node:fs');
-    const code = readFileSync(join(dir, 'index.mjs'), 'utf8').replace('async onSchedule(task) {', 'onRoute: () => globalThis.__route(),\n    async onSchedule(task) {');
-    writeFileSync(join(dir, 'index.mjs'), code);
+    // The factory registers a task while it runs; onRoute removes it.
+    const dir = taskPlugin(name, { capabilities: ['schedule'], routes: [{ path: `/${name}/drop`, methods: ['POST'] }] },
+      `host.schedule('early', '* * * * * *', { scope: 'instance' });`,
+      `async onRoute() { return { status: 200, body: String(await host.unschedule('early')) }; },`);
     const b = await start([{ dir, grants: ['schedule'] }]);
     expect(task(b, name, 'early')).toMatchObject({ source: 'runtime', scope: 'instance' });
     await until(() => task(b, name, 'early').counts.ok >= 1, 5000, 'the runtime task to run');
