@@ -21,6 +21,9 @@ export interface HostContext {
   kv: KvStore;
   /** Kernel services for a trusted plugin; `instance` names a per-group instance and its app. */
   services(plugin: string, instance?: { name: string; app: AppScope | null }): KernelServices;
+  /** Adds or replaces a runtime task of the plugin that owns `host`; throws BEXT_ERR_SCHEDULE_INVALID. */
+  schedule(host: HostApi, name: string, cron: string, opts: unknown): void;
+  unschedule(host: HostApi, name: string): boolean;
 }
 
 export interface KvStore {
@@ -144,6 +147,7 @@ export function createHost(ctx: HostContext, plugin: string, grants: readonly st
   };
   const hasKv = grants.includes('kv');
   const hasMetrics = grants.includes('metrics');
+  const hasSchedule = grants.includes('schedule');
   const frozenConfig = Object.freeze(structuredClone(config));
   const host: HostApi = {
     plugin,
@@ -179,6 +183,16 @@ export function createHost(ctx: HostContext, plugin: string, grants: readonly st
       }
     },
     config: <T>() => frozenConfig as T,
+    // Not async: a refusal or a bad pattern throws at the call, so WASM guests get their code at once.
+    schedule(name, cron, opts) {
+      if (!hasSchedule) deny('bext_schedule', `bext_schedule(${JSON.stringify(name)}) without the schedule capability`);
+      ctx.schedule(host, name, cron, opts);
+      return Promise.resolve();
+    },
+    unschedule(name) {
+      if (!hasSchedule) deny('bext_unschedule', `bext_unschedule(${JSON.stringify(name)}) without the schedule capability`);
+      return Promise.resolve(ctx.unschedule(host, String(name)));
+    },
   };
   if (trusted) Object.defineProperty(host, 'kernel', { value: ctx.services(plugin, instance), enumerable: false });
   return host;

@@ -8,6 +8,7 @@ import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:pat
 import { fileURLToPath } from 'node:url';
 import { BextError, HOOK_NAMES, manifestSchema, type HookName, type Manifest } from '../plugin-api/index.js';
 import { formatAjvErrors, makeAjv, readJsonFile } from './config.js';
+import { checkSchedules } from './scheduler.js';
 
 /** The repository root: `builtin:<name>` is `plugins/<name>` under it. */
 export const BEXT_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -30,6 +31,7 @@ export function checkManifest(raw: unknown, file: string): Manifest {
     const lines = formatAjvErrors(file, raw, validateManifest.errors);
     throw new BextError('BEXT_ERR_MANIFEST_INVALID', lines.join('\n'), { details: { errors: lines } });
   }
+  checkSchedules(raw as unknown as Manifest, file);
   return raw as unknown as Manifest;
 }
 

@@ -98,8 +98,9 @@ export class LoadedPlugin {
   /**
    * Calls a hook with failure accounting. Returns the decision, a promise of
    * it, or a HookFailure. Stays synchronous unless the hook returns a promise.
+   * `deadlineMs` overrides `limits.timeoutMs` for an async answer (a task's own `timeoutMs`).
    */
-  call(hook: HookName, fn: (...a: unknown[]) => unknown, a: unknown, b?: unknown): unknown {
+  call(hook: HookName, fn: (...a: unknown[]) => unknown, a: unknown, b?: unknown, deadlineMs?: number): unknown {
     if (this.quarantinedUntil !== 0) {
       if (Date.now() < this.quarantinedUntil) {
         return new HookFailure(this, hook, new BextError('BEXT_ERR_PLUGIN_QUARANTINED', `plugin "${this.name}" is quarantined until ${new Date(this.quarantinedUntil).toISOString()}`));
@@ -119,7 +120,7 @@ export class LoadedPlugin {
       return f;
     }
     if (r !== null && typeof r === 'object' && typeof (r as { then?: unknown }).then === 'function') {
-      const p = this.#settle(hook, c, t0, r as PromiseLike<unknown>);
+      const p = this.#settle(hook, c, t0, r as PromiseLike<unknown>, deadlineMs ?? this.timeoutMs);
       if (!trace) return p;
       return p.then((v) => {
         this.#trace(trace, a as Traced, hook, t0, v instanceof HookFailure ? v.error.code : undefined);
@@ -136,15 +137,15 @@ export class LoadedPlugin {
     list.push({ plugin: this.name, hook, startMs: t0 - (req.t0 ?? t0), durMs: now - t0, ...(error ? { error } : {}) });
   }
 
-  #settle(hook: HookName, c: HookCounters, t0: number, p: PromiseLike<unknown>): Promise<unknown> {
+  #settle(hook: HookName, c: HookCounters, t0: number, p: PromiseLike<unknown>, ms: number): Promise<unknown> {
     return new Promise((resolve) => {
       let done = false;
       const timer = setTimeout(() => {
         if (done) return;
         done = true;
         c.timeouts++;
-        resolve(this.#failed(hook, c, t0, new BextError('BEXT_ERR_PLUGIN_TIMEOUT', `plugin "${this.name}" ${hook} missed its ${this.timeoutMs} ms deadline`)));
-      }, this.timeoutMs);
+        resolve(this.#failed(hook, c, t0, new BextError('BEXT_ERR_PLUGIN_TIMEOUT', `plugin "${this.name}" ${hook} missed its ${ms} ms deadline`)));
+      }, ms);
       p.then(
         (v) => {
           if (done) return;

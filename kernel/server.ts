@@ -31,6 +31,7 @@ import { Logger } from './log.js';
 import { locatePlugin } from './manifest.js';
 import { KernelMetrics, FastHistogram } from './metrics.js';
 import { HookFailure, LoadedPlugin, isFailure } from './plugin.js';
+import { Scheduler, workerIndexFromEnv } from './scheduler.js';
 import { BextRequest, hostOf } from './request.js';
 
 /** A plugin to load: from the lock file, or given directly (tests, zero-config). */
@@ -162,6 +163,7 @@ export class Kernel {
   #singleGroup: CompiledGroup | null = null;
   /** Folders chosen for app environments at run time (deployed versions), by `app/env`. */
   #appSources = new Map<string, AppSource>();
+  #scheduler: Scheduler;
 
   private constructor(opts: KernelOptions) {
     this.#opts = opts;
@@ -180,6 +182,7 @@ export class Kernel {
       })),
     );
     this.metrics.extraText = () => this.#httpText();
+    this.#scheduler = new Scheduler({ log: this.log, registry: this.metrics.registry, redisUrl: opts.config.redis?.url, workerIndex: workerIndexFromEnv() });
     this.#hostCtx = {
       publish: (topic, data, publisher) => this.publish(topic, data, publisher),
       log: (level, msg, fields) => this.log.log(level, msg, fields),
@@ -187,6 +190,8 @@ export class Kernel {
       audit: (plugin, fn, detail) => this.#audit(plugin, fn, detail),
       kv: { get: (ns, k) => this.#kv.get(ns, k), set: (ns, k, v, t) => this.#kv.set(ns, k, v, t), del: (ns, k) => this.#kv.del(ns, k) },
       services: (plugin, instance) => this.#services(plugin, instance),
+      schedule: (host, name, cron, o) => this.#scheduler.register(host, name, cron, o),
+      unschedule: (host, name) => this.#scheduler.unregister(host, name),
     };
   }
 
@@ -345,6 +350,7 @@ export class Kernel {
     }
     const loaded = new LoadedPlugin(m, instance, grants, order, scope, loc.source, this.log, (p) => this.metrics.quarantines.inc({ plugin: p.name }), this.#opts.quarantineBackoffMs, group);
     loaded.fingerprint = how.fingerprint;
+    this.#scheduler.bind(host, loaded);
     const early = this.#pendingDegraded.get(label);
     if (early) {
       loaded.state = 'degraded';
@@ -382,6 +388,7 @@ export class Kernel {
       this.config = { ...this.config, groups: config.groups, apps: config.apps, plugins: config.plugins };
       this.#plugins = gen.plugins;
       this.#setChains(gen.chains);
+      this.#scheduler.sync(gen.plugins);
       // Dispose what left once every request that started on the old set is done.
       const retire = () => void this.#dispose(removed);
       if (oldGen.inflight === 0) retire();
@@ -485,6 +492,7 @@ export class Kernel {
       }
     }
     this.#ready = true;
+    this.#scheduler.start(this.#plugins);
     const port = (pub.address() as net.AddressInfo).port;
     this.log.info('bext listening', { port, adminPort, plugins: this.#plugins.map((p) => p.name) });
     return { port, adminPort };
@@ -1058,6 +1066,8 @@ export class Kernel {
       bin: BIN,
       apps: () => this.apps(),
       setAppSource: (name, env, source) => this.setAppSource(name, env, source),
+      scheduler: () => this.#scheduler.status(),
+      runTask: (p, task) => this.#scheduler.runNow(p, task),
     };
   }
 
@@ -1098,6 +1108,11 @@ export class Kernel {
 
   plugins(): PluginStatus[] {
     return this.#plugins.map((p) => p.status());
+  }
+
+  /** The scheduler: every task's status, manual runs (for tests and the CLI). */
+  get scheduler(): Scheduler {
+    return this.#scheduler;
   }
 
   /** The loaded plugin objects (for tests and the CLI). */
@@ -1158,6 +1173,7 @@ export class Kernel {
   async close(deadlineMs = this.config.server.shutdownTimeoutMs, opts: { idle?: 'close' | 'keep' } = {}): Promise<void> {
     if (this.#draining) return;
     this.#draining = true;
+    const tasksStopped = this.#scheduler.stop(deadlineMs);
     // A listener's close callback runs once every connection it accepted has ended.
     const connectionsEnded = Promise.all(this.#listeners.map((l) => new Promise<void>((r) => l.close(() => r()))));
     if (this.#http && opts.idle !== 'keep') this.#http.closeIdleConnections();
@@ -1170,6 +1186,7 @@ export class Kernel {
       await Promise.race([closed, deadline]);
       this.#http.closeAllConnections();
     }
+    await tasksStopped;
     await this.#disposePlugins();
     if ('close' in this.#kv) await (this.#kv as { close(): Promise<void> }).close();
     this.log.info('bext stopped');

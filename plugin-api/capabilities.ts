@@ -9,7 +9,7 @@ export const CAPABILITIES = {
   kv: { pattern: 'kv', unlocks: ['bext_kv_get', 'bext_kv_set', 'bext_kv_del'], doc: 'a key-value store namespaced to the plugin' },
   fetch: { pattern: 'fetch:<host>', unlocks: ['bext_fetch'], doc: 'outbound HTTP to the named host (`*.example.com` allowed)' },
   metrics: { pattern: 'metrics', unlocks: ['bext_metric'], doc: 'record counters, gauges and histograms' },
-  schedule: { pattern: 'schedule', unlocks: ['bext_schedule'], doc: 'declare scheduled tasks' },
+  schedule: { pattern: 'schedule', unlocks: ['bext_schedule', 'bext_unschedule'], doc: 'add and remove scheduled tasks at runtime (tasks in the manifest need no grant)' },
 } as const;
 
 export type CapabilityFamily = keyof typeof CAPABILITIES;

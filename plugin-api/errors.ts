@@ -56,6 +56,8 @@ export const ERRORS = {
   BEXT_ERR_SHUTDOWN: { status: 503, message: 'the server is shutting down' },
   BEXT_ERR_QUERY_INVALID: { status: 400, message: 'a query parameter of an admin route is invalid' },
   BEXT_ERR_STREAM_LIMIT: { status: 503, message: 'too many streams of this kind are open' },
+  BEXT_ERR_SCHEDULE_INVALID: { status: 400, message: 'a scheduled task has an invalid name, cron pattern or option' },
+  BEXT_ERR_SCHEDULE_NOT_FOUND: { status: 404, message: 'no such scheduled task' },
   BEXT_ERR_CLI_USAGE: { status: 0, message: 'the command line is wrong' },
 } as const;
 

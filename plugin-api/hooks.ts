@@ -201,13 +201,36 @@ export type PublishDecision =
   | { action: 'deliver'; delivered?: number };
 
 /**
+ * One run of a scheduled task, as `onSchedule` receives it (see the
+ * manifest's `schedules` and `bext_schedule`).
+ *
+ * @example
+ * ```ts
+ * onSchedule(task) {
+ *   if (task.name === 'purge') return purgeExpired(task.scheduledAt);
+ * }
+ * ```
+ */
+export interface ScheduledTask {
+  /** The task's name, as declared in `schedules` or given to `bext_schedule`. */
+  name: string;
+  /** The tick this run belongs to, in ms since the epoch (the same on every instance of a cluster). */
+  scheduledAt: number;
+  /** When the run started on this instance, in ms since the epoch. */
+  firedAt: number;
+  /** How many runs of this task this instance started, this one included (1 for the first). */
+  run: number;
+}
+
+/**
  * How the kernel runs a chain of one hook:
  * - `sequential`: in priority order, the first decision that ends the chain wins (short-circuit).
  * - `first`: exactly one plugin answers (the one that claimed the route).
  * - `waterfall`: each hook sees the result of the previous one; onRender hooks wrap the inner ones.
  * - `fanout`: every hook sees the message; transforms flow on, a drop ends it.
+ * - `task`: never part of a request chain; the scheduler calls one plugin's hook per task run.
  */
-export type DispatchKind = 'sequential' | 'first' | 'waterfall' | 'fanout';
+export type DispatchKind = 'sequential' | 'first' | 'waterfall' | 'fanout' | 'task';
 
 /** The render continuation a trusted onRender hook may call. */
 export type RenderNext = () => Promise<ResponseData>;
@@ -224,6 +247,8 @@ export interface HookSignatures {
   onRender(req: TrustedRequest, next: RenderNext): RenderDecision | Promise<RenderDecision>;
   onResponse(req: TrustedRequest, res: ResponseHead): ResponseDecision | Promise<ResponseDecision>;
   onPublish(msg: PublishMessage): PublishDecision | Promise<PublishDecision>;
+  /** A scheduled task of this plugin is due. The result is ignored; a throw or a missed deadline is a failed run. */
+  onSchedule(task: ScheduledTask): void | Promise<void>;
 }
 
 export type HookName = keyof HookSignatures;
@@ -236,6 +261,7 @@ export const HOOKS: { readonly [K in HookName]: { readonly dispatch: DispatchKin
   onRender: { dispatch: 'waterfall', doc: 'at the catch-all: respond or wrap the inner render' },
   onResponse: { dispatch: 'waterfall', doc: 'before writing: set headers, replace or transform the body' },
   onPublish: { dispatch: 'fanout', doc: 'for each published message: pass, transform, drop or deliver' },
+  onSchedule: { dispatch: 'task', doc: 'when one of the plugin\'s scheduled tasks is due: run it' },
 };
 
 export const HOOK_NAMES = Object.keys(HOOKS) as HookName[];

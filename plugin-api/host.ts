@@ -55,6 +55,14 @@ export interface HostApi {
   metric(name: string, value: number, labels?: Record<string, string>, kind?: MetricKind): void;
   /** `bext_config`: this plugin's validated section of `bext.config.json`. */
   config<T = Record<string, unknown>>(): T;
+  /**
+   * `bext_schedule`: adds (or replaces) a task of this plugin at runtime; each
+   * tick calls the plugin's `onSchedule` with the task's name. Needs `schedule`.
+   * Throws BEXT_ERR_SCHEDULE_INVALID for a bad name, pattern or option.
+   */
+  schedule(name: string, cron: string, opts?: Omit<import('./manifest.js').ScheduleSpec, 'cron'>): Promise<void>;
+  /** `bext_unschedule`: removes a task added with `schedule`. Resolves to whether there was one. Needs `schedule`. */
+  unschedule(name: string): Promise<boolean>;
   /** Kernel facilities that trusted first-party plugins may use (absent in sandboxes). */
   readonly kernel?: KernelServices;
 }
@@ -173,6 +181,13 @@ export interface KernelServices {
    * ```
    */
   setAppSource(app: string, env: string, source: { dir: string; version: string } | null): void;
+  /** Every scheduled task with its next run and recent runs on this instance. */
+  scheduler(): import('./schedule.js').TaskStatus[];
+  /**
+   * Runs a task now, on this instance, whatever its scope (overlap still
+   * applies). Resolves to the run; rejects with BEXT_ERR_SCHEDULE_NOT_FOUND.
+   */
+  runTask(plugin: string, task: string): Promise<import('./schedule.js').TaskRun>;
 }
 
 /** A hosted app as the kernel runs it. */

@@ -14,6 +14,7 @@ export * from './sandbox.js';
 export * from './match.js';
 export * from './project.js';
 export * from './encoding.js';
+export * from './schedule.js';
 
 /** What a plugin's factory returns: its hooks, and optionally a dispose step. */
 export type PluginInstance = PluginHooks & {

@@ -53,6 +53,53 @@ export interface Limits {
 }
 
 /**
+ * A task the plugin runs on a schedule: the kernel calls its `onSchedule`
+ * export with the task's name at every tick of `cron`.
+ *
+ * @example
+ * ```json
+ * { "schedules": { "purge": { "cron": "0 *\/5 * * * *", "overlap": "skip", "scope": "cluster", "timeoutMs": 500 } } }
+ * ```
+ */
+export interface ScheduleSpec {
+  /** Cron pattern (croner syntax): 5 fields, or 6 with seconds first; `@hourly` and the like. */
+  cron: string;
+  /**
+   * A tick that comes while the previous run still runs (in a cluster, on any instance):
+   * `skip` it (recorded as skipped-overlap; the default), `queue` one run
+   * after the current one, or `allow` both to run at once.
+   */
+  overlap?: 'skip' | 'queue' | 'allow';
+  /**
+   * `cluster` (default): each tick runs on one instance of all that share
+   * `redis.url` (or worker 0 under `--workers` without Redis). `instance`:
+   * every instance runs every tick.
+   */
+  scope?: 'cluster' | 'instance';
+  /** Deadline of one run in ms; default and, for sandboxed plugins, maximum: `limits.timeoutMs`. */
+  timeoutMs?: number;
+  /** IANA time zone the pattern is read in (`Europe/Berlin`); default the server's. */
+  timezone?: string;
+}
+
+/** Task names in `schedules` and `bext_schedule`. */
+export const TASK_NAME_PATTERN = '^[a-z0-9][a-z0-9_.-]{0,63}$';
+
+/** JSON Schema of one `schedules` entry (also checks `bext_schedule` options). */
+export const scheduleSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['cron'],
+  properties: {
+    cron: { type: 'string', minLength: 1, maxLength: 200 },
+    overlap: { enum: ['skip', 'queue', 'allow'] },
+    scope: { enum: ['cluster', 'instance'] },
+    timeoutMs: { type: 'number', exclusiveMinimum: 0 },
+    timezone: { type: 'string', minLength: 1 },
+  },
+} as const;
+
+/**
  * The parsed `bext-plugin.json`.
  *
  * @example
@@ -100,6 +147,8 @@ export interface Manifest {
    * instance shared by every app.
    */
   perApp?: 'site' | 'proxy' | 'all';
+  /** Tasks run on a schedule through the plugin's `onSchedule` export, by task name. */
+  schedules?: Record<string, ScheduleSpec>;
 }
 
 const matchSchema = {
@@ -137,6 +186,8 @@ export const manifestSchema = {
       properties: {
         onConnect: hookSchema, onRequest: hookSchema, onRoute: hookSchema,
         onRender: hookSchema, onResponse: hookSchema, onPublish: hookSchema,
+        // Not a chain hook: declaring it only requires the export (tasks come from `schedules` or bext_schedule).
+        onSchedule: { type: 'object', additionalProperties: false, properties: {} },
       },
     },
     routes: {
@@ -181,6 +232,11 @@ export const manifestSchema = {
         required: ['module', 'export', 'description'],
         properties: { module: { type: 'string' }, export: { type: 'string' }, description: { type: 'string' } },
       },
+    },
+    schedules: {
+      type: 'object',
+      propertyNames: { pattern: TASK_NAME_PATTERN },
+      additionalProperties: scheduleSchema,
     },
   },
 } as const;

@@ -58,6 +58,25 @@ declare namespace Bext {
     body: string;
   }
 
+  /** What `onSchedule` receives when one of the plugin's tasks is due. */
+  interface Task {
+    name: string;
+    /** The tick, ms since the epoch (the same on every instance of a cluster). */
+    scheduledAt: number;
+    firedAt: number;
+    /** Runs of this task on this instance, this one included. */
+    run: number;
+  }
+
+  interface ScheduleOptions {
+    /** A tick while the previous run still runs: skip it (default), queue one, or allow both. */
+    overlap?: 'skip' | 'queue' | 'allow';
+    /** `cluster` (default): one instance runs each tick; `instance`: every instance does. */
+    scope?: 'cluster' | 'instance';
+    timeoutMs?: number;
+    timezone?: string;
+  }
+
   /** The Error a refused or failed host call throws. */
   interface HostError extends Error {
     /** A `BEXT_ERR_*` code, e.g. `BEXT_ERR_CAP_DENIED`. */
@@ -122,3 +141,15 @@ declare function bext_kv_del(key: string): Promise<void>;
  * @example const res = await bext_fetch({ url: 'https://api.example.com/v1/flags' })
  */
 declare function bext_fetch(req: Bext.FetchRequest): Promise<Bext.FetchResponse>;
+
+/**
+ * Adds (or replaces) a task: at every tick of `cron` the plugin's exported
+ * `onSchedule(task)` runs with `task.name === name`. Needs the `schedule` capability.
+ * Rejects with `BEXT_ERR_SCHEDULE_INVALID` for a bad name, pattern or option.
+ *
+ * @example await bext_schedule('refresh', '*\/30 * * * * *', { overlap: 'skip' })
+ */
+declare function bext_schedule(name: string, cron: string, opts?: Bext.ScheduleOptions): Promise<void>;
+
+/** Removes a task added with `bext_schedule`; resolves to whether there was one. Needs `schedule`. */
+declare function bext_unschedule(name: string): Promise<boolean>;

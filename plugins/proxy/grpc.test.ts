@@ -84,6 +84,8 @@ async function h2Front(config: Record<string, unknown>): Promise<{ address: stri
       throw new Error('not granted');
     },
     metric: () => undefined,
+    schedule: async () => undefined,
+    unschedule: async () => false,
     // What the kernel would hand over: the section validated, defaults filled in.
     config: <T,>() => validatePluginConfig('proxy', manifest.configSchema, config, 'test config') as T,
   };

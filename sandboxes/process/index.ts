@@ -118,6 +118,8 @@ const HOST_FNS: Record<string, (h: HostApi, a: unknown[]) => unknown> = {
     h.metric(str(a[0], 'name'), a[1], plainObject(a[2], 'labels'), a[3] as MetricKind | undefined);
   },
   bext_config: (h) => h.config(),
+  bext_schedule: (h, a) => h.schedule(str(a[0], 'name'), str(a[1], 'cron'), plainObject(a[2], 'options')),
+  bext_unschedule: (h, a) => h.unschedule(str(a[0], 'name')),
 };
 
 /** The host functions a plugin's grants unlock, plus bext_log and bext_config (every guest sees all of them; the kernel refuses ungranted calls). */
@@ -145,6 +147,8 @@ const WRAPPERS: { [K in HookName]: (call: Call, p: Projector) => HookSignatures[
   onResponse: (call, p) => (req, res) => call('onResponse', [p.request(req), p.response(res)]) as ReturnType<HookSignatures['onResponse']>,
   onPublish: (call) => (msg) =>
     call('onPublish', [{ topic: msg.topic, data: msg.data, publisher: msg.publisher }]) as ReturnType<HookSignatures['onPublish']>,
+  onSchedule: (call) => (task) =>
+    call('onSchedule', [{ name: task.name, scheduledAt: task.scheduledAt, firedAt: task.firedAt, run: task.run }]) as ReturnType<HookSignatures['onSchedule']>,
 };
 
 interface Pending {

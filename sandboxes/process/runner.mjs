@@ -127,6 +127,8 @@ function installGlobals() {
   define('bext_kv_del', (key) => hostCall('bext_kv_del', [key]));
   define('bext_fetch', (req) => hostCall('bext_fetch', [req]));
   define('bext_metric', (name, value, labels, kind) => hostNotify('bext_metric', [name, value, labels, kind]));
+  define('bext_schedule', (name, cron, opts) => hostCall('bext_schedule', [name, cron, opts]));
+  define('bext_unschedule', (name) => hostCall('bext_unschedule', [name]));
 
   // console output and process.stdout become structured log lines: fd 1 belongs to the protocol.
   const toLog = (level) => (...a) => hostNotify('bext_log', [level, format(...a)]);
@@ -191,6 +193,8 @@ function hostObject(plugin) {
     fetch: g.bext_fetch ?? missing('bext_fetch'),
     metric: g.bext_metric ?? (() => {}),
     config: g.bext_config,
+    schedule: g.bext_schedule,
+    unschedule: g.bext_unschedule,
   };
 }
 

@@ -67,6 +67,13 @@ export function recordingHost(name: string, grants: readonly string[], config: R
       if (!grants.includes('metrics')) deny('bext_metric', name);
       r.metrics.push({ name, value });
     },
+    async schedule(task) {
+      if (!grants.includes('schedule')) deny('bext_schedule', task);
+    },
+    async unschedule(task) {
+      if (!grants.includes('schedule')) deny('bext_unschedule', task);
+      return false;
+    },
     config: <T>() => structuredClone(config) as T,
   };
   return { ...r, api };

@@ -82,6 +82,8 @@ export const GUEST_PRELUDE = `(function (hostCall, hostSync, hostDone, maxOut) {
   def('bext_kv_set', function bext_kv_set(key, value, ttlSeconds) { return call('kv_set', [key, value, ttlSeconds]); });
   def('bext_kv_del', function bext_kv_del(key) { return call('kv_del', [key]); });
   def('bext_fetch', function bext_fetch(req) { return call('fetch', [req]); });
+  def('bext_schedule', function bext_schedule(name, cron, opts) { return call('schedule', [name, cron, opts]); });
+  def('bext_unschedule', function bext_unschedule(name) { return call('unschedule', [name]); });
   const settle = (id, ok, json) => {
     const w = waiting.get(id);
     if (w === undefined) return;
@@ -342,6 +344,7 @@ export class JsInstance implements SandboxInstance {
       },
       onResponse: (req, res) => c('onResponse', `[${enc(req)},${JSON.stringify(p.response(res))}]`) as never,
       onPublish: (msg) => c('onPublish', JSON.stringify({ topic: msg.topic, data: msg.data, publisher: msg.publisher })) as never,
+      onSchedule: (task) => c('onSchedule', JSON.stringify({ name: task.name, scheduledAt: task.scheduledAt, firedAt: task.firedAt, run: task.run })) as never,
     };
     const hooks: PluginHooks = {};
     for (const h of HOOK_NAMES) if (exported.includes(h)) (hooks as Record<string, unknown>)[h] = table[h];
@@ -462,6 +465,8 @@ export class JsInstance implements SandboxInstance {
           case 'kv_set': return host.kv.set(String(a[0]), String(a[1]), a[2] == null ? undefined : Number(a[2]));
           case 'kv_del': return host.kv.del(String(a[0]));
           case 'fetch': return host.fetch(a[0] as FetchRequest);
+          case 'schedule': return host.schedule(a[0] as string, a[1] as string, (a[2] ?? undefined) as Parameters<typeof host.schedule>[2]);
+          case 'unschedule': return host.unschedule(a[0] as string);
           default: throw new Error(`unknown host call ${op}`);
         }
       })

@@ -67,6 +67,13 @@ export function testHost(plugin: string, grants: readonly string[], config: Reco
       if (!grants.includes('metrics')) deny('bext_metric', name);
       host.metrics.push({ name, value, labels });
     },
+    async schedule(name) {
+      if (!grants.includes('schedule')) deny('bext_schedule', name);
+    },
+    async unschedule(name) {
+      if (!grants.includes('schedule')) deny('bext_unschedule', name);
+      return false;
+    },
     config<T>() {
       return config as T;
     },

@@ -328,6 +328,43 @@ export function createHostFunctions(state: HostState): HostFunctions {
       }
       return ctx.store(configJson);
     }) as Fn,
+
+    bext_schedule: ((ctx: CallContext, nameH: bigint, cronH: bigint, optsH: bigint): bigint => {
+      const name = text(ctx, nameH);
+      const cron = text(ctx, cronH);
+      if (name === null || cron === null) return CODES.BAD_ARGUMENT;
+      let opts: unknown;
+      const raw = text(ctx, optsH);
+      if (raw) {
+        try {
+          opts = JSON.parse(raw);
+        } catch {
+          return CODES.BAD_ARGUMENT;
+        }
+      }
+      try {
+        // Registration is synchronous in the kernel: a refusal or a bad pattern throws here.
+        void host.schedule(name, cron, opts as Parameters<HostApi['schedule']>[2]);
+      } catch (e) {
+        if (isBextError(e) && e.code === 'BEXT_ERR_SCHEDULE_INVALID') {
+          host.log('warn', 'bext_schedule refused', { error: e.message });
+          return CODES.BAD_ARGUMENT;
+        }
+        return failed('bext_schedule', e);
+      }
+      return CODES.OK;
+    }) as Fn,
+
+    bext_unschedule: ((ctx: CallContext, nameH: bigint): bigint => {
+      const name = text(ctx, nameH);
+      if (name === null) return CODES.BAD_ARGUMENT;
+      try {
+        void host.unschedule(name);
+      } catch (e) {
+        return failed('bext_unschedule', e);
+      }
+      return CODES.OK;
+    }) as Fn,
   };
 
   // AssemblyScript's runtime imports these from `env`.

@@ -140,6 +140,7 @@ class WasmInstance implements SandboxInstance {
       }) as never,
       onResponse: (req, res) => call('onResponse', JSON.stringify({ req: project.request(req), res: project.response(res) })) as never,
       onPublish: (msg) => call('onPublish', JSON.stringify(msg)) as never,
+      onSchedule: (task) => call('onSchedule', JSON.stringify({ name: task.name, scheduledAt: task.scheduledAt, firedAt: task.firedAt, run: task.run })) as never,
     };
     for (const h of HOOK_NAMES) if (exported.has(h)) (this.hooks as Record<string, unknown>)[h] = table[h];
   }

@@ -156,6 +156,8 @@ export function recordingHost(name: string, grants: readonly string[] = [], conf
       if (!grants.includes('metrics')) throw denial('bext_metric');
       calls.metrics.push({ name: n, value, labels, kind });
     },
+    schedule: async () => { if (!grants.includes('schedule')) return deny('bext_schedule'); },
+    unschedule: async () => (grants.includes('schedule') ? false : deny('bext_unschedule')),
     config: <T>() => config as T,
   };
   return { host, calls, kv };

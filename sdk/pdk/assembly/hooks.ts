@@ -129,6 +129,21 @@ export function readConnection(): Connection {
   return new Connection(input());
 }
 
+/** Input of onSchedule: the task that is due. */
+export class Task {
+  constructor(public raw: JsonView) {}
+  get name(): string { return str(this.raw.getString("name")); }
+  /** The tick, in ms since the epoch (the same on every instance of a cluster). */
+  get scheduledAt(): f64 { return this.raw.getNumber("scheduledAt"); }
+  get firedAt(): f64 { return this.raw.getNumber("firedAt"); }
+  /** Runs of this task on this instance, this one included. */
+  get run(): i32 { return <i32>this.raw.getNumber("run"); }
+}
+
+export function readTask(): Task {
+  return new Task(input());
+}
+
 function send(w: Writer): i32 {
   outputRaw(w.ptr, w.length);
   return 0;

@@ -24,6 +24,10 @@ import { Value, parse, quote } from "./json";
 @external("extism:host/user", "bext_metric") declare function bext_metric(name: u64, value: f64, labels: u64, kind: i32): i64;
 // @ts-ignore: decorator
 @external("extism:host/user", "bext_config") declare function bext_config(): i64;
+// @ts-ignore: decorator
+@external("extism:host/user", "bext_schedule") declare function bext_schedule(name: u64, cron: u64, opts: u64): i64;
+// @ts-ignore: decorator
+@external("extism:host/user", "bext_unschedule") declare function bext_unschedule(name: u64): i64;
 
 /** The operation was accepted (queued) or, for reads, the key is known to be absent. */
 export const OK: i64 = 0;
@@ -108,6 +112,20 @@ export function fetch(url: string, method: string = "GET", body: string | null =
 /** Records a metric value (named `bext_plugin_<name>`). Needs `metrics`. */
 export function metric(name: string, value: f64, labelsJson: string = "", kind: MetricKind = MetricKind.Counter): i64 {
   return bext_metric(storeString(name), value, labelsJson.length ? storeString(labelsJson) : 0, <i32>kind);
+}
+
+/**
+ * Adds (or replaces) a task run by this plugin's `onSchedule` export.
+ * `optsJson`: `{"overlap":"skip|queue|allow","scope":"cluster|instance","timeoutMs":n,"timezone":"…"}`.
+ * Needs `schedule`. Returns OK, DENIED, or BAD_ARGUMENT for a bad name or pattern (logged).
+ */
+export function schedule(name: string, cron: string, optsJson: string = ""): i64 {
+  return bext_schedule(storeString(name), storeString(cron), optsJson.length ? storeString(optsJson) : 0);
+}
+
+/** Removes a task added with `schedule`. Needs `schedule`. */
+export function unschedule(name: string): i64 {
+  return bext_unschedule(storeString(name));
 }
 
 let configCache: Value | null = null;

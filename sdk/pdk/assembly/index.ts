@@ -19,14 +19,14 @@
  */
 export { Kind, Value, Writer, parse, quote } from "./json";
 export {
-  Request, ResponseHead, ResponseInput, Message, Connection,
-  readRequest, readResponse, readMessage, readConnection,
+  Request, ResponseHead, ResponseInput, Message, Connection, Task,
+  readRequest, readResponse, readMessage, readConnection, readTask,
   pass, fail, proceed, Continue, respond, Respond, next, editResponse, ResponseEdit,
   allow, reject, drop, transform, deliver, outputJson,
 } from "./hooks";
 export {
   OK, DENIED, BAD_ARGUMENT, PENDING, FAILED, LIMIT, LogLevel, MetricKind,
-  publish, log, kvGet, kvSet, kvDel, KvResult, fetch, FetchResult, metric, config,
+  publish, log, kvGet, kvSet, kvDel, KvResult, fetch, FetchResult, metric, config, schedule, unschedule,
 } from "./host";
 export { JsonView } from "./view";
 export { inputBytes, inputString, outputString, outputRaw, errorString } from "./io";
