@@ -1073,7 +1073,8 @@ export class Kernel {
 
   /** The hosted apps with what serves each environment now. */
   apps(): AppInfo[] {
-    const live = new Map(this.#chains.groups.filter((g) => g.app !== null).map((g) => [`${g.app!.name}/${g.app!.env}`, g]));
+    // During the first load (a factory asking) no chains exist yet.
+    const live = new Map((this.#chains?.groups ?? []).filter((g) => g.app !== null).map((g) => [`${g.app!.name}/${g.app!.env}`, g]));
     return (this.config.apps ?? []).map((a) => {
       const environments: AppInfo['environments'] = {};
       for (const [env, e] of [['production', { hosts: a.hosts, site: a.site, proxy: a.proxy }] as const, ...Object.entries(a.environments ?? {})]) {
