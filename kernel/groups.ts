@@ -8,7 +8,7 @@ import { existsSync, realpathSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { BextError, type AppRef } from '../plugin-api/index.js';
 import { TokenBuckets } from '../plugin-api/bucket.js';
-import type { BextConfig, GroupLimits } from './config.js';
+import type { BextConfig, GroupConfig, GroupLimits } from './config.js';
 
 /** The app environment a group serves. */
 export interface AppScope extends AppRef {
@@ -17,16 +17,8 @@ export interface AppScope extends AppRef {
   proxy?: string;
 }
 
-/** One group before plugins are resolved. */
-export interface GroupSpec {
-  name: string;
-  hosts?: string[];
-  paths?: string[];
-  only?: string[];
-  add?: string[];
-  remove?: string[];
-  plugins?: Record<string, Record<string, unknown>>;
-  limits?: GroupLimits;
+/** One group before plugins are resolved: a config group, or an app environment. */
+export interface GroupSpec extends GroupConfig {
   app: AppScope | null;
   /** JSON path of the group in the config, for error messages. */
   where: string;
