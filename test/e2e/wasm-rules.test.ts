@@ -3,7 +3,7 @@
  * `bext plugin build`, added as a bare .wasm with `bext plugin add`, run
  * fuel-metered with only the capabilities it was granted.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { copyFileSync, cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { request } from 'undici';
@@ -14,13 +14,22 @@ import { Kernel } from '../../kernel/server.js';
 import { tmp, until } from '../helpers.js';
 
 const BIN = resolve('kernel/cli/bin.js');
-const bext = (args: string[], cwd: string) => spawnSync(process.execPath, [BIN, ...args], { cwd, encoding: 'utf8' });
+// Asynchronous: a long synchronous spawn would starve the test worker's RPC with vitest.
+const bext = (args: string[], cwd: string) =>
+  new Promise<{ status: number | null; stdout: string; stderr: string }>((res) => {
+    const p = spawn(process.execPath, [BIN, ...args], { cwd });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d: Buffer) => (stdout += d));
+    p.stderr.on('data', (d: Buffer) => (stderr += d));
+    p.on('close', (status) => res({ status, stdout, stderr }));
+  });
 
 let wasm: string;
-beforeAll(() => {
+beforeAll(async () => {
   const src = mkdtempSync(join(resolve('.'), '.tmp-rules-'));
   cpSync('examples/wasm-rules', src, { recursive: true });
-  const b = bext(['plugin', 'build', src], resolve('.'));
+  const b = await bext(['plugin', 'build', src], resolve('.'));
   expect(b.status, b.stderr).toBe(0);
   wasm = join(mkdtempSync(join(tmp(), 'rules-wasm-')), 'rules.wasm');
   copyFileSync(join(src, 'rules.wasm'), wasm);
@@ -32,11 +41,11 @@ async function serve(grant: string[]) {
   copyFileSync(wasm, join(site, 'rules.wasm'));
   if (!grant.length) {
     // Asked nothing and given no terminal, add refuses to guess.
-    const undecided = bext(['plugin', 'add', './rules.wasm'], site);
+    const undecided = await bext(['plugin', 'add', './rules.wasm'], site);
     expect(undecided.status).toBe(1);
     expect(undecided.stderr).toContain('--grant-none');
   }
-  const add = bext(['plugin', 'add', './rules.wasm', ...(grant.length ? grant.flatMap((g) => ['--grant', g]) : ['--grant-none'])], site);
+  const add = await bext(['plugin', 'add', './rules.wasm', ...(grant.length ? grant.flatMap((g) => ['--grant', g]) : ['--grant-none'])], site);
   expect(add.status, add.stderr).toBe(0);
   expect(add.stdout + add.stderr).toContain('publish:custom/rules');
   const sinkDir = mkdtempSync(join(tmp(), 'rules-sink-'));

@@ -1,4 +1,4 @@
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { cpSync, mkdtempSync, readFileSync, writeFileSync, appendFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -9,13 +9,27 @@ import { ERRORS } from '../../plugin-api/index.js';
 import { plugin, tmp } from '../helpers.js';
 
 const BIN = resolve('kernel/cli/bin.js');
+/**
+ * Runs a command without blocking this worker's event loop: a synchronous
+ * spawn of many slow commands starves vitest's own RPC and fails the run.
+ */
+function run(cmd: string, args: string[], opts: { cwd: string; env?: NodeJS.ProcessEnv }): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((res) => {
+    const p = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env });
+    let out = '';
+    let err = '';
+    p.stdout.on('data', (d: Buffer) => (out += d));
+    p.stderr.on('data', (d: Buffer) => (err += d));
+    p.on('close', (code) => res({ code, out, err }));
+  });
+}
+
 function bext(args: string[], cwd: string) {
-  const r = spawnSync(process.execPath, [BIN, ...args], { cwd, encoding: 'utf8', env: { ...process.env, BEXT_LOG: 'error' } });
-  return { code: r.status, out: r.stdout, err: r.stderr };
+  return run(process.execPath, [BIN, ...args], { cwd, env: { ...process.env, BEXT_LOG: 'error' } });
 }
 
 describe('config', () => {
-  it('names the file, the JSON path, what was expected and what was found', () => {
+  it('names the file, the JSON path, what was expected and what was found', async () => {
     let err: unknown;
     try {
       parseConfig({ server: { port: 'eighty', prot: 1 }, groups: [{ name: 'Bad Name' }] }, 'site/bext.config.json');
@@ -29,7 +43,7 @@ describe('config', () => {
     expect(msg).toContain('$.groups[0].name');
   });
 
-  it('reports JSON syntax errors with line and column', () => {
+  it('reports JSON syntax errors with line and column', async () => {
     const f = join(mkdtempSync(join(tmp(), 'cfg-')), 'bext.config.json');
     writeFileSync(f, '{\n  "server": { "port": 80, }\n}\n');
     expect(() => loadConfig(f)).toThrow(/line 2, column \d+/);
@@ -48,15 +62,15 @@ describe('config', () => {
     await expect(Kernel.create({ config, plugins: [], logger: new Logger('error') })).rejects.toMatchObject({ code: 'BEXT_ERR_CONFIG_INVALID', message: expect.stringContaining('$.plugins.nosuch') });
   });
 
-  it('bext config check exits non-zero with the reason', () => {
+  it('bext config check exits non-zero with the reason', async () => {
     const dir = mkdtempSync(join(tmp(), 'cfgcheck-'));
     writeFileSync(join(dir, 'bext.config.json'), JSON.stringify({ server: { port: -1 } }));
-    const r = bext(['config', 'check'], dir);
+    const r = await bext(['config', 'check'], dir);
     expect(r.code).toBe(1);
     expect(r.err).toContain('BEXT_ERR_CONFIG_INVALID');
     expect(r.err).toContain('$.server.port');
     writeFileSync(join(dir, 'bext.config.json'), JSON.stringify({ server: { port: 8080 } }));
-    const ok = bext(['config', 'check'], dir);
+    const ok = await bext(['config', 'check'], dir);
     expect(ok.code).toBe(0);
     expect(ok.out).toContain('valid');
   });
@@ -67,67 +81,67 @@ describe('lock file and CLI', () => {
     const dir = mkdtempSync(join(tmp(), 'lock-'));
     const p = plugin('locked', { routes: [{ path: '/x' }], capabilities: ['publish:custom/*', 'kv'] }, `export default () => ({ onRoute: () => ({ status: 200, body: 'v1' }) });`);
     cpSync(p, join(dir, 'locked'), { recursive: true });
-    const add = bext(['plugin', 'add', './locked', '--grant', 'kv'], dir);
+    const add = await bext(['plugin', 'add', './locked', '--grant', 'kv'], dir);
     expect(add.code, add.err).toBe(0);
     expect(add.out).toContain('publish:custom/*');
     const lock = JSON.parse(readFileSync(join(dir, 'plugins.lock.json'), 'utf8'));
     expect(lock.plugins[0]).toMatchObject({ name: 'locked', source: 'file:./locked', sandbox: 'trusted', capabilities: ['kv'], integrity: expect.stringMatching(/^sha256-/) });
-    expect(bext(['plugin', 'verify'], dir).code).toBe(0);
+    expect((await bext(['plugin', 'verify'], dir)).code).toBe(0);
     // Without --yes or --grant and no terminal, add refuses rather than guessing.
-    const noDecision = bext(['plugin', 'add', './locked'], dir);
+    const noDecision = await bext(['plugin', 'add', './locked'], dir);
     expect(noDecision.code).toBe(1);
     expect(noDecision.err).toContain('--yes');
 
     appendFileSync(join(dir, 'locked', 'index.mjs'), '\n// changed\n');
-    const v = bext(['plugin', 'verify'], dir);
+    const v = await bext(['plugin', 'verify'], dir);
     expect(v.code).toBe(1);
     expect(v.out).toContain('FAIL locked');
     const e = await Kernel.create({ config: parseConfig({}), lockFile: join(dir, 'plugins.lock.json'), logger: new Logger('error') }).catch((x: unknown) => x);
     expect(e).toMatchObject({ code: 'BEXT_ERR_LOCK_INTEGRITY' });
     expect((e as Error).message).toContain('plugin "locked"');
     // Re-locking accepts the change.
-    expect(bext(['plugin', 'add', './locked', '--yes'], dir).code).toBe(0);
-    expect(bext(['plugin', 'verify'], dir).code).toBe(0);
-    expect(bext(['plugin', 'remove', 'locked'], dir).code).toBe(0);
+    expect((await bext(['plugin', 'add', './locked', '--yes'], dir)).code).toBe(0);
+    expect((await bext(['plugin', 'verify'], dir)).code).toBe(0);
+    expect((await bext(['plugin', 'remove', 'locked'], dir)).code).toBe(0);
     expect(JSON.parse(readFileSync(join(dir, 'plugins.lock.json'), 'utf8')).plugins).toEqual([]);
   });
 
-  it('the repository lock verifies and lists the default composition', () => {
-    const r = bext(['plugin', 'verify'], resolve('.'));
+  it('the repository lock verifies and lists the default composition', async () => {
+    const r = await bext(['plugin', 'verify'], resolve('.'));
     expect(r.code, r.out + r.err).toBe(0);
-    const l = bext(['plugin', 'list'], resolve('.'));
+    const l = await bext(['plugin', 'list'], resolve('.'));
     expect(l.out).toMatch(/static/);
   });
 
-  it('unknown builtins, bad commands and --help', () => {
+  it('unknown builtins, bad commands and --help', async () => {
     const dir = mkdtempSync(join(tmp(), 'cli-'));
-    const r = bext(['plugin', 'add', 'no-such-plugin', '--yes'], dir);
+    const r = await bext(['plugin', 'add', 'no-such-plugin', '--yes'], dir);
     expect(r.code).toBe(1);
     expect(r.err.trim().split('\n')).toHaveLength(1);
     expect(r.err).toContain('BEXT_ERR_PLUGIN_NOT_FOUND');
-    expect(bext(['frobnicate'], dir).code).toBe(1);
+    expect((await bext(['frobnicate'], dir)).code).toBe(1);
     for (const c of [['--help'], ['run', '--help'], ['plugin', 'add', '--help'], ['plugin', 'verify', '--help'], ['plugin', 'new', '--help'], ['config', 'check', '--help'], ['routes', '--help']]) {
-      const h = bext(c, dir);
+      const h = await bext(c, dir);
       expect(h.code, c.join(' ')).toBe(0);
       expect(h.out).toMatch(/Usage|usage|Commands/);
     }
   });
 
-  it('bext routes prints the effective chain', () => {
-    const r = bext(['routes', 'examples/site', '--path', '/health'], resolve('.'));
+  it('bext routes prints the effective chain', async () => {
+    const r = await bext(['routes', 'examples/site', '--path', '/health'], resolve('.'));
     expect(r.code, r.err).toBe(0);
     expect(r.out).toContain('route: health /health');
   });
 });
 
 describe('error codes', () => {
-  it('every code in errors.ts is documented in errors.md and vice versa', () => {
+  it('every code in errors.ts is documented in errors.md and vice versa', async () => {
     const doc = readFileSync('plugin-api/errors.md', 'utf8');
     const documented = new Set([...doc.matchAll(/`(BEXT_ERR_[A-Z_]+)`/g)].map((m) => m[1]));
     expect([...documented].sort()).toEqual(Object.keys(ERRORS).sort());
   });
 
-  it('every BEXT_ERR_ code used in the source exists', () => {
+  it('every BEXT_ERR_ code used in the source exists', async () => {
     const out = execFileSync('grep', ['-rhoE', 'BEXT_ERR_[A-Z_]+', 'kernel', 'plugin-api', 'sandboxes', 'plugins', 'sdk', '--include=*.ts'], { encoding: 'utf8' });
     const used = new Set(out.split('\n').filter(Boolean));
     const unknown = [...used].filter((c) => !(c in ERRORS) && !/_$/.test(c));
@@ -140,11 +154,11 @@ describe('plugin new', () => {
     it(`scaffolds a ${kind} plugin that loads, serves and passes its own test`, async () => {
       const dir = mkdtempSync(join(resolve('.'), '.tmp-new-'));
       try {
-        const r = bext(['plugin', 'new', `my-${kind}`, '--sandbox', kind, '--dir', dir], resolve('.'));
+        const r = await bext(['plugin', 'new', `my-${kind}`, '--sandbox', kind, '--dir', dir], resolve('.'));
         expect(r.code, r.err).toBe(0);
-        const t = spawnSync(process.execPath, [resolve('node_modules/vitest/vitest.mjs'), 'run', '--root', dir, '--config', '/dev/null'], { encoding: 'utf8', cwd: dir });
-        expect(t.status, t.stdout + t.stderr).toBe(0);
-        expect(t.stdout).toMatch(/2 passed/);
+        const t = await run(process.execPath, [resolve('node_modules/vitest/vitest.mjs'), 'run', '--root', dir, '--config', '/dev/null'], { cwd: dir });
+        expect(t.code, t.out + t.err).toBe(0);
+        expect(t.out).toMatch(/2 passed/);
       } finally {
         (await import('node:fs')).rmSync(dir, { recursive: true, force: true });
       }
@@ -156,13 +170,13 @@ describe('wasm plugins from the CLI', () => {
   it('plugin new --sandbox wasm, plugin build, plugin add ./x.wasm (manifest embedded), then served fuel-metered', async () => {
     const dir = mkdtempSync(join(resolve('.'), '.tmp-wasm-'));
     try {
-      expect(bext(['plugin', 'new', 'rules', '--sandbox', 'wasm', '--dir', dir], resolve('.')).code).toBe(0);
-      const build = bext(['plugin', 'build', join(dir, 'rules')], resolve('.'));
+      expect((await bext(['plugin', 'new', 'rules', '--sandbox', 'wasm', '--dir', dir], resolve('.'))).code).toBe(0);
+      const build = await bext(['plugin', 'build', join(dir, 'rules')], resolve('.'));
       expect(build.code, build.err).toBe(0);
       expect(build.out).toMatch(/wrote .*plugin\.wasm \(\d+ bytes\)/);
       const site = mkdtempSync(join(tmp(), 'wasm-site-'));
       cpSync(join(dir, 'rules', 'plugin.wasm'), join(site, 'rules.wasm'));
-      const add = bext(['plugin', 'add', './rules.wasm', '--yes'], site);
+      const add = await bext(['plugin', 'add', './rules.wasm', '--yes'], site);
       expect(add.code, add.err).toBe(0);
       expect(add.out).toContain('rules@0.1.0 (wasm)');
       const lock = JSON.parse(readFileSync(join(site, 'plugins.lock.json'), 'utf8'));
