@@ -67,7 +67,9 @@ async function serve(kind: string, arg?: string): Promise<void> {
   // The default stack is the lock's composition; integrity is left to `bext run` (a plugin edited and not yet re-locked must not stop a benchmark).
   const lock = JSON.parse(readFileSync(join(ROOT, 'plugins.lock.json'), 'utf8')) as { plugins: { name: string; source: string; capabilities: string[]; order: number }[] };
   const locked = [...lock.plugins].sort((a, b) => a.order - b.order).map((e) => ({ source: e.source, grants: e.capabilities, name: e.name }));
-  const k = await Kernel.create({ config, plugins: [...locked, ...plugins], baseDir: ROOT, siteDir: dir, logger: new Logger('error') });
+  // cache and compression are usually in the lock already; load each plugin once.
+  const extra = plugins.filter((p) => !locked.some((l) => p.source === `file:${join(ROOT, 'plugins', l.name)}`));
+  const k = await Kernel.create({ config, plugins: [...locked, ...extra], baseDir: ROOT, siteDir: dir, logger: new Logger('error') });
   const { port } = await k.listen();
   process.stdout.write(`LISTENING ${port}\n`);
   process.on('SIGTERM', () => void k.close(1000).then(() => process.exit(0)));
