@@ -120,12 +120,8 @@ export class LoadedPlugin {
       return f;
     }
     if (r !== null && typeof r === 'object' && typeof (r as { then?: unknown }).then === 'function') {
-      const p = this.#settle(hook, c, t0, r as PromiseLike<unknown>, deadlineMs ?? this.timeoutMs);
-      if (!trace) return p;
-      return p.then((v) => {
-        this.#trace(trace, a as Traced, hook, t0, v instanceof HookFailure ? v.error.code : undefined);
-        return v;
-      });
+      // The timing is recorded as the call settles: no second promise per traced call.
+      return this.#settle(hook, c, t0, r as PromiseLike<unknown>, deadlineMs ?? this.timeoutMs, trace ? (v) => this.#trace(trace, a as Traced, hook, t0, v instanceof HookFailure ? v.error.code : undefined) : null);
     }
     this.#ok(c, t0);
     if (trace) this.#trace(trace, a as Traced, hook, t0, undefined);
@@ -134,11 +130,17 @@ export class LoadedPlugin {
 
   #trace(list: HookTiming[], req: Traced, hook: HookName, t0: number, error: string | undefined): void {
     const now = performance.now();
-    list.push({ plugin: this.name, hook, startMs: t0 - (req.t0 ?? t0), durMs: now - t0, ...(error ? { error } : {}) });
+    const t: HookTiming = { plugin: this.name, hook, startMs: t0 - (req.t0 ?? t0), durMs: now - t0 };
+    if (error) t.error = error;
+    list.push(t);
   }
 
-  #settle(hook: HookName, c: HookCounters, t0: number, p: PromiseLike<unknown>, ms: number): Promise<unknown> {
-    return new Promise((resolve) => {
+  #settle(hook: HookName, c: HookCounters, t0: number, p: PromiseLike<unknown>, ms: number, traced: ((v: unknown) => void) | null): Promise<unknown> {
+    return new Promise((settled) => {
+      const resolve = traced === null ? settled : (v: unknown) => {
+        traced(v);
+        settled(v);
+      };
       let done = false;
       const timer = setTimeout(() => {
         if (done) return;

@@ -928,7 +928,6 @@ export class Kernel {
       method: req.method,
       path: req.path,
       host: req.host,
-      ...(req.route ? { route: req.route } : {}),
       group: group.name,
       status,
       durationMs: performance.now() - t0,
@@ -938,6 +937,7 @@ export class Kernel {
       ctx: req.ctx,
       timings: req.timings ?? [],
     };
+    if (req.route) rec.route = req.route;
     for (const fn of this.#observers) {
       try {
         fn(rec);
