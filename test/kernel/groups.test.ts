@@ -329,3 +329,41 @@ describe('groups follow the config file on reload', () => {
     }
   });
 });
+
+describe('bext routes', () => {
+  it('lists every group in matching order, and prints the app, limits and chain for a request', async () => {
+    const { spawn } = await import('node:child_process');
+    const { computeIntegrity } = await import('../../kernel/integrity.js');
+    const { writeLock } = await import('../../kernel/lock.js');
+    const dir = mkdtempSync(join(tmp(), 'routes-'));
+    mkdirSync(join(dir, 'sites', 'blog', 'public'), { recursive: true });
+    const builtin = (name: string, order: number) => ({ name, source: `builtin:${name}`, version: '1.0.0', sandbox: 'trusted' as const, integrity: computeIntegrity(resolve('plugins', name)), capabilities: [], order });
+    writeLock(join(dir, 'plugins.lock.json'), { lockfileVersion: 1, plugins: [builtin('static', 1), builtin('health', 2)] });
+    writeFileSync(
+      join(dir, 'bext.config.json'),
+      JSON.stringify({
+        groups: [{ name: 'api', paths: ['/api/**'], remove: ['static'], limits: { maxInflight: 10 } }],
+        apps: [{ name: 'blog', hosts: ['blog.test'], site: './sites/blog', limits: { requestsPerSecond: 100 } }],
+      }),
+    );
+    const routes = (args: string[]) =>
+      new Promise<{ code: number | null; out: string }>((res) => {
+        const p = spawn(process.execPath, [resolve('kernel/cli/bin.js'), 'routes', dir, ...args], { env: { ...process.env, BEXT_LOG: 'error' } });
+        let out = '';
+        p.stdout.on('data', (d: Buffer) => (out += d));
+        p.on('close', (code) => res({ code, out }));
+      });
+    const all = await routes([]);
+    expect(all.code).toBe(0);
+    expect(all.out).toMatch(/groups, in matching order:\n\s+api\s+health\n\s+blog\s+\[app blog, production\] static@blog, health\n\s+default\s+static, health/);
+    const blog = await routes(['--host', 'blog.test', '--path', '/index.html']);
+    expect(blog.out).toContain('group: blog');
+    expect(blog.out).toContain('app:   blog (production)');
+    expect(blog.out).toContain('limits: requestsPerSecond=100');
+    expect(blog.out).toMatch(/onRender\s+static@blog\(50\)/);
+    const api = await routes(['--host', 'blog.test', '--path', '/api/x']);
+    expect(api.out).toContain('group: api');
+    expect(api.out).toContain('limits: maxInflight=10');
+    expect(api.out).toContain('route: (none: catch-all onRender)');
+  }, 60_000);
+});
