@@ -11,6 +11,7 @@ import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { createProcessHost, type ProcessInstance } from '../sandboxes/process/index.js';
 import { loadPlugin, pluginFolder, removeFolder, request } from '../sandboxes/process/testkit.js';
+import { SAMPLE_REQUEST } from './lib.js';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 const CALLS = Number(process.env.BENCH_CALLS ?? 2000);
@@ -24,19 +25,7 @@ export function onRequest(req) {
   return { action: 'continue', setHeaders: { 'x-client': String(h['user-agent'] ?? '').slice(0, 16) } };
 }`;
 
-const req = request({
-  method: 'GET',
-  path: '/api/items/42',
-  query: 'page=2',
-  headers: {
-    host: 'example.com',
-    'user-agent': 'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36',
-    accept: 'text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8',
-    'accept-encoding': 'gzip, deflate, br',
-    'accept-language': 'en-US,en;q=0.9',
-    cookie: 'sid=4f9a1c2e8b; theme=dark',
-  },
-});
+const req = request(SAMPLE_REQUEST as unknown as Record<string, unknown>);
 
 type Hook = (r: unknown) => unknown;
 

@@ -15,20 +15,11 @@ import { Agent, request } from 'undici';
 import { afterAll, describe, expect, it } from 'vitest';
 import { computeIntegrity } from '../../kernel/integrity.js';
 import { writeLock } from '../../kernel/lock.js';
-import { tmp, until } from '../helpers.js';
+import { bextCli, tmp, until } from '../helpers.js';
 
 const BIN = resolve('kernel/cli/bin.js');
 
-function bext(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((res) => {
-    const p = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, BEXT_LOG: 'error' } });
-    let out = '';
-    let err = '';
-    p.stdout.on('data', (d: Buffer) => (out += d));
-    p.stderr.on('data', (d: Buffer) => (err += d));
-    p.on('close', (code) => res({ code, out, err }));
-  });
-}
+const bext = (args: string[]) => bextCli(args, { env: { ...process.env, BEXT_LOG: 'error' } });
 
 async function freePort(): Promise<number> {
   const s = net.createServer();

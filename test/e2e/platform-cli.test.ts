@@ -3,16 +3,14 @@
  * (kernel/cli/bin.js) in child processes, against a running server with the
  * static, ssr and platform plugins and one hosted app.
  */
-import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startBext, type Bext } from '../../sdk/harness.js';
-import { tmp } from '../helpers.js';
+import { bextCli, tmp } from '../helpers.js';
 
 const ROOT = resolve(import.meta.dirname, '../..');
-const BIN = join(ROOT, 'kernel/cli/bin.js');
 const root = mkdtempSync(join(tmp(), 'platform-cli-'));
 
 function site(name: string, files: Record<string, string>): string {
@@ -25,21 +23,7 @@ function site(name: string, files: Record<string, string>): string {
 }
 
 /** Runs the bext CLI; resolves with its exit code and output. */
-function bext(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((res, rej) => {
-    const child = spawn(process.execPath, [BIN, ...args], { cwd: root, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 50_000);
-    child.on('error', rej);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      res({ code, stdout, stderr });
-    });
-  });
-}
+const bext = (args: string[], env: Record<string, string> = {}) => bextCli(args, { cwd: root, env: { ...process.env, ...env }, timeoutMs: 50_000 });
 
 async function get(b: Bext, host: string): Promise<{ version?: string; body: string }> {
   const r = await request(`${b.url}/`, { headers: { host } });
@@ -73,51 +57,51 @@ describe('bext deploy / promote / rollback / versions', () => {
 
   it('deploy uploads with progress, leaves node_modules and .git out, and goes live with --env', async () => {
     const r = await bext(['deploy', v1, '--app', 'shop', '--env', 'staging', '--url', url]);
-    expect(r.stderr).toBe('');
+    expect(r.err).toBe('');
     expect(r.code).toBe(0);
-    expect(r.stdout).toMatch(/packing .*\(1 files\)/);
-    expect(r.stdout).toMatch(/upload 100% \(/);
-    const id = /version ([0-9a-f]{12}) \(1 files/.exec(r.stdout)?.[1];
+    expect(r.out).toMatch(/packing .*\(1 files\)/);
+    expect(r.out).toMatch(/upload 100% \(/);
+    const id = /version ([0-9a-f]{12}) \(1 files/.exec(r.out)?.[1];
     expect(id).toBeDefined();
-    expect(r.stdout).toContain(`live in staging: ${id}`);
-    expect(r.stdout).toContain(`deployed shop ${id} to staging`);
+    expect(r.out).toContain(`live in staging: ${id}`);
+    expect(r.out).toContain(`deployed shop ${id} to staging`);
     expect(await get(b, 'staging.shop.localhost')).toEqual({ version: id, body: '<h1>one</h1>' });
   }, 60_000);
 
   it('deploy of a site with pages/ shows the build output; a broken build exits 1 with its code and output', async () => {
     const ok = await bext(['deploy', v2, '--app', 'shop'], { BEXT_ADMIN_URL: url });
     expect(ok.code).toBe(0);
-    expect(ok.stdout).toContain('building…');
-    expect(ok.stdout).toMatch(/ {2}\| built \S+ in \d+ ms/);
+    expect(ok.out).toContain('building…');
+    expect(ok.out).toMatch(/ {2}\| built \S+ in \d+ ms/);
     const bad = await bext(['deploy', broken, '--app', 'shop', '--url', url]);
     expect(bad.code).toBe(1);
-    expect(bad.stderr).toMatch(/^bext: BEXT_ERR_DEPLOY_BUILD: bext build failed/);
-    expect(bad.stderr).toMatch(/index\.tsx/);
+    expect(bad.err).toMatch(/^bext: BEXT_ERR_DEPLOY_BUILD: bext build failed/);
+    expect(bad.err).toMatch(/index\.tsx/);
   }, 60_000);
 
   it('versions lists what is stored and live; promote and rollback switch it', async () => {
     const [list, text] = await Promise.all([bext(['versions', '--app', 'shop', '--json', '--url', url]), bext(['versions', '--app', 'shop', '--url', url])]);
     expect(list.code).toBe(0);
-    const j = JSON.parse(list.stdout) as { live: Record<string, string | null>; versions: { id: string; built: boolean }[] };
+    const j = JSON.parse(list.out) as { live: Record<string, string | null>; versions: { id: string; built: boolean }[] };
     expect(j.versions).toHaveLength(2);
     const built = j.versions.find((v) => v.built)!.id;
     const plain = j.versions.find((v) => !v.built)!.id;
     expect(j.live).toEqual({ production: null, staging: plain });
 
-    expect(text.stdout).toMatch(new RegExp(`staging\\s+${plain}`));
-    expect(text.stdout).toMatch(new RegExp(`${built} .* built`));
+    expect(text.out).toMatch(new RegExp(`staging\\s+${plain}`));
+    expect(text.out).toMatch(new RegExp(`${built} .* built`));
 
     const p = await bext(['promote', '--app', 'shop', '--to', 'production', '--from', 'staging', '--url', url]);
-    expect(p).toMatchObject({ code: 0, stdout: `promoted shop ${plain} to production\n` });
+    expect(p).toMatchObject({ code: 0, out: `promoted shop ${plain} to production\n` });
     expect(await get(b, 'shop.localhost')).toEqual({ version: plain, body: '<h1>one</h1>' });
     const p2 = await bext(['promote', '--app', 'shop', '--to', 'production', '--version', built, '--url', url]);
-    expect(p2.stdout).toBe(`promoted shop ${built} to production (was ${plain})\n`);
+    expect(p2.out).toBe(`promoted shop ${built} to production (was ${plain})\n`);
     // The build made at deploy time is what the app's ssr instance renders.
     const rendered = await get(b, 'shop.localhost');
     expect(rendered.version).toBe(built);
     expect(rendered.body).toContain('two, rendered');
     const rb = await bext(['rollback', '--app', 'shop', '--url', url]);
-    expect(rb).toMatchObject({ code: 0, stdout: `rolled shop production back to ${plain} (was ${built})\n` });
+    expect(rb).toMatchObject({ code: 0, out: `rolled shop production back to ${plain} (was ${built})\n` });
     expect(await get(b, 'shop.localhost')).toEqual({ version: plain, body: '<h1>one</h1>' });
   }, 60_000);
 
@@ -129,12 +113,12 @@ describe('bext deploy / promote / rollback / versions', () => {
       bext(['deploy', '--help']),
     ]);
     expect(unknown.code).toBe(1);
-    expect(unknown.stderr).toMatch(/^bext: BEXT_ERR_DEPLOY_UNKNOWN_APP: no app named "nope"/);
+    expect(unknown.err).toMatch(/^bext: BEXT_ERR_DEPLOY_UNKNOWN_APP: no app named "nope"/);
     expect(down.code).toBe(1);
-    expect(down.stderr).toMatch(/^bext: BEXT_ERR_ADMIN_UNREACHABLE: cannot reach the admin listener at http:\/\/127\.0\.0\.1:1/);
+    expect(down.err).toMatch(/^bext: BEXT_ERR_ADMIN_UNREACHABLE: cannot reach the admin listener at http:\/\/127\.0\.0\.1:1/);
     expect(usage.code).toBe(1);
-    expect(usage.stderr).toMatch(/^bext: BEXT_ERR_CLI_USAGE: promote needs exactly one of --version ID or --from ENV/);
+    expect(usage.err).toMatch(/^bext: BEXT_ERR_CLI_USAGE: promote needs exactly one of --version ID or --from ENV/);
     expect(help.code).toBe(0);
-    expect(help.stdout).toMatch(/^Usage: bext deploy <folder> --app NAME/);
+    expect(help.out).toMatch(/^Usage: bext deploy <folder> --app NAME/);
   }, 60_000);
 });

@@ -3,7 +3,6 @@
  * `bext plugin build`, added as a bare .wasm with `bext plugin add`, run
  * fuel-metered with only the capabilities it was granted.
  */
-import { spawn } from 'node:child_process';
 import { copyFileSync, cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { request } from 'undici';
@@ -11,26 +10,16 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../kernel/config.js';
 import { Logger } from '../../kernel/log.js';
 import { Kernel } from '../../kernel/server.js';
-import { tmp, until } from '../helpers.js';
+import { bextCli, tmp, until } from '../helpers.js';
 
-const BIN = resolve('kernel/cli/bin.js');
-// Asynchronous: a long synchronous spawn would starve the test worker's RPC with vitest.
-const bext = (args: string[], cwd: string) =>
-  new Promise<{ status: number | null; stdout: string; stderr: string }>((res) => {
-    const p = spawn(process.execPath, [BIN, ...args], { cwd });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d: Buffer) => (stdout += d));
-    p.stderr.on('data', (d: Buffer) => (stderr += d));
-    p.on('close', (status) => res({ status, stdout, stderr }));
-  });
+const bext = (args: string[], cwd: string) => bextCli(args, { cwd });
 
 let wasm: string;
 beforeAll(async () => {
   const src = mkdtempSync(join(resolve('.'), '.tmp-rules-'));
   cpSync('examples/wasm-rules', src, { recursive: true });
   const b = await bext(['plugin', 'build', src], resolve('.'));
-  expect(b.status, b.stderr).toBe(0);
+  expect(b.code, b.err).toBe(0);
   wasm = join(mkdtempSync(join(tmp(), 'rules-wasm-')), 'rules.wasm');
   copyFileSync(join(src, 'rules.wasm'), wasm);
   rmSync(src, { recursive: true, force: true });
@@ -42,12 +31,12 @@ async function serve(grant: string[]) {
   if (!grant.length) {
     // Asked nothing and given no terminal, add refuses to guess.
     const undecided = await bext(['plugin', 'add', './rules.wasm'], site);
-    expect(undecided.status).toBe(1);
-    expect(undecided.stderr).toContain('--grant-none');
+    expect(undecided.code).toBe(1);
+    expect(undecided.err).toContain('--grant-none');
   }
   const add = await bext(['plugin', 'add', './rules.wasm', ...(grant.length ? grant.flatMap((g) => ['--grant', g]) : ['--grant-none'])], site);
-  expect(add.status, add.stderr).toBe(0);
-  expect(add.stdout + add.stderr).toContain('publish:custom/rules');
+  expect(add.code, add.err).toBe(0);
+  expect(add.out + add.err).toContain('publish:custom/rules');
   const sinkDir = mkdtempSync(join(tmp(), 'rules-sink-'));
   writeFileSync(join(sinkDir, 'bext-plugin.json'), JSON.stringify({ name: 'sink', version: '1.0.0', sandbox: 'trusted', entry: 'sink.mjs', hooks: { onPublish: {} } }));
   writeFileSync(join(sinkDir, 'sink.mjs'), `globalThis.__rulesSink = []; export default () => ({ onPublish(m) { globalThis.__rulesSink.push(m); return { action: 'deliver' }; } });`);

@@ -1,4 +1,4 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { cpSync, mkdtempSync, readFileSync, writeFileSync, appendFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -6,26 +6,10 @@ import { parseConfig, loadConfig } from '../../kernel/config.js';
 import { Kernel } from '../../kernel/server.js';
 import { Logger } from '../../kernel/log.js';
 import { ERRORS } from '../../plugin-api/index.js';
-import { plugin, tmp } from '../helpers.js';
-
-const BIN = resolve('kernel/cli/bin.js');
-/**
- * Runs a command without blocking this worker's event loop: a synchronous
- * spawn of many slow commands starves vitest's own RPC and fails the run.
- */
-function run(cmd: string, args: string[], opts: { cwd: string; env?: NodeJS.ProcessEnv }): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((res) => {
-    const p = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env });
-    let out = '';
-    let err = '';
-    p.stdout.on('data', (d: Buffer) => (out += d));
-    p.stderr.on('data', (d: Buffer) => (err += d));
-    p.on('close', (code) => res({ code, out, err }));
-  });
-}
+import { bextCli, plugin, run, tmp } from '../helpers.js';
 
 function bext(args: string[], cwd: string) {
-  return run(process.execPath, [BIN, ...args], { cwd, env: { ...process.env, BEXT_LOG: 'error' } });
+  return bextCli(args, { cwd, env: { ...process.env, BEXT_LOG: 'error' } });
 }
 
 describe('config', () => {

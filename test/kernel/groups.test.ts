@@ -11,7 +11,7 @@ import { join, resolve } from 'node:path';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startBext, type Bext } from '../../sdk/harness.js';
-import { plugin, tmp, until } from '../helpers.js';
+import { bextCli, plugin, tmp, until } from '../helpers.js';
 
 const agent = new Agent({ connections: 16 });
 afterAll(() => agent.close());
@@ -332,7 +332,6 @@ describe('groups follow the config file on reload', () => {
 
 describe('bext routes', () => {
   it('lists every group in matching order, and prints the app, limits and chain for a request', async () => {
-    const { spawn } = await import('node:child_process');
     const { computeIntegrity } = await import('../../kernel/integrity.js');
     const { writeLock } = await import('../../kernel/lock.js');
     const dir = mkdtempSync(join(tmp(), 'routes-'));
@@ -346,13 +345,7 @@ describe('bext routes', () => {
         apps: [{ name: 'blog', hosts: ['blog.test'], site: './sites/blog', limits: { requestsPerSecond: 100 } }],
       }),
     );
-    const routes = (args: string[]) =>
-      new Promise<{ code: number | null; out: string }>((res) => {
-        const p = spawn(process.execPath, [resolve('kernel/cli/bin.js'), 'routes', dir, ...args], { env: { ...process.env, BEXT_LOG: 'error' } });
-        let out = '';
-        p.stdout.on('data', (d: Buffer) => (out += d));
-        p.on('close', (code) => res({ code, out }));
-      });
+    const routes = (args: string[]) => bextCli(['routes', dir, ...args], { env: { ...process.env, BEXT_LOG: 'error' } });
     const all = await routes([]);
     expect(all.code).toBe(0);
     expect(all.out).toMatch(/groups, in matching order:\n\s+api\s+health\n\s+blog\s+\[app blog, production\] static@blog, health\n\s+default\s+static, health/);
