@@ -9,7 +9,7 @@ import {
   type AppRef, type HookName, type MatchFn,
 } from '../plugin-api/index.js';
 import type { GroupLimits } from './config.js';
-import { GroupLimiter } from './groups.js';
+import { GroupLimiter, type AppScope } from './groups.js';
 import type { LoadedPlugin } from './plugin.js';
 
 export interface ChainEntry {
@@ -42,8 +42,11 @@ export interface CompiledGroup {
   needsResponseBody: boolean;
   /** The group's limits, or null when it has none. */
   limiter: GroupLimiter | null;
-  /** The app environment this group serves, when it is an app's. */
+  /** The app environment this group serves, as requests see it (`req.app`). */
   app: AppRef | null;
+  /** For an app environment: its hosts and what serves it (folder or upstream). */
+  hosts: string[];
+  scope: AppScope | null;
 }
 
 export interface CompiledChains {
@@ -119,12 +122,12 @@ export interface GroupPlan {
   matches: CompiledGroup['matches'];
   plugins: LoadedPlugin[];
   limits: GroupLimits | undefined;
-  app: AppRef | null;
-  /** An app environment's hosts (apps are chosen by host only). */
+  /** The app environment it serves, and its hosts (apps are chosen by host only). */
+  scope: AppScope | null;
   hosts?: string[];
 }
 
-function compileGroup(name: string, matches: CompiledGroup['matches'], plugins: LoadedPlugin[], limits?: GroupLimits, app: AppRef | null = null): CompiledGroup {
+function compileGroup(name: string, matches: CompiledGroup['matches'], plugins: LoadedPlugin[], limits?: GroupLimits, scope: AppScope | null = null, hosts: string[] = []): CompiledGroup {
   const router = FindMyWay({ ignoreTrailingSlash: false, caseSensitive: true, maxParamLength: 500 });
   const claimed = new Map<string, string>();
   for (const p of plugins) {
@@ -164,7 +167,9 @@ function compileGroup(name: string, matches: CompiledGroup['matches'], plugins: 
     needsBody: needs(['onRequest', 'onRoute', 'onRender'], 'body'),
     needsResponseBody: needs(['onResponse'], 'response.body'),
     limiter: limits && Object.keys(limits).length ? new GroupLimiter(limits) : null,
-    app,
+    app: scope ? { name: scope.name, env: scope.env, version: scope.version } : null,
+    hosts: scope ? hosts : [],
+    scope,
   };
 }
 
@@ -175,13 +180,13 @@ function compileGroup(name: string, matches: CompiledGroup['matches'], plugins: 
  */
 export function compileChains(all: LoadedPlugin[], plans: GroupPlan[]): CompiledChains {
   const global = all.filter((p) => p.scope === 'global' && p.group === null);
-  const compiled = plans.map((g) => compileGroup(g.name, g.matches, g.plugins, g.limits, g.app));
+  const compiled = plans.map((g) => compileGroup(g.name, g.matches, g.plugins, g.limits, g.scope, g.hosts));
   const ordered: CompiledGroup[] = [];
   const appHosts = new Map<string, CompiledGroup>();
   const wildcards: CompiledGroup[] = [];
   plans.forEach((plan, i) => {
     const g = compiled[i]!;
-    if (!plan.app) return void ordered.push(g);
+    if (!plan.scope) return void ordered.push(g);
     let wild = false;
     for (const h of plan.hosts ?? []) {
       if (h.includes('*')) wild = true;

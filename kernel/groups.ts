@@ -74,7 +74,7 @@ export function expandGroups(config: BextConfig, sources: ReadonlyMap<string, Ap
         ...(app.remove ? { remove: app.remove } : {}),
         ...(app.plugins ? { plugins: app.plugins } : {}),
         ...(app.limits ? { limits: app.limits } : {}),
-        app: { name: app.name, env, version: source?.version ?? null, site: source || !proxy ? site : null, ...(proxy && !source ? { proxy } : {}) },
+        app: { name: app.name, env, version: source?.version ?? null, site, ...(proxy && !source ? { proxy } : {}) },
         where,
       });
     }

@@ -42,8 +42,6 @@ const BASE_BACKOFF_MS = 1_000;
 export class LoadedPlugin {
   /** The manifest name, or `name@group` for an instance of one route group or app. */
   readonly name: string;
-  /** The manifest name, the same for every instance of the plugin. */
-  readonly pluginName: string;
   readonly version: string;
   readonly sandbox: SandboxKind;
   readonly failMode: 'open' | 'closed';
@@ -75,7 +73,6 @@ export class LoadedPlugin {
     /** The route group this instance belongs to; null for the shared instance. */
     readonly group: string | null = null,
   ) {
-    this.pluginName = manifest.name;
     this.name = group ? `${manifest.name}@${group}` : manifest.name;
     this.version = manifest.version;
     this.sandbox = manifest.sandbox;

@@ -313,7 +313,7 @@ export class Kernel {
           all.push(inst);
           members.push(inst);
         }
-        plans.push({ name: g.name, matches: groupMatcher(g), plugins: members, limits: g.limits, app: g.app ? { name: g.app.name, env: g.app.env, version: g.app.version } : null, ...(g.app ? { hosts: g.hosts } : {}) });
+        plans.push({ name: g.name, matches: groupMatcher(g), plugins: members, limits: g.limits, scope: g.app, ...(g.app ? { hosts: g.hosts } : {}) });
       }
       return { plugins: all, chains: compileChains(all, plans), fresh };
     } catch (e) {
@@ -611,8 +611,8 @@ export class Kernel {
     if (limiter !== null) {
       const refused = limiter.admit(group.name);
       if (refused) {
-        const wait = (refused.details as { retryAfter?: number } | undefined)?.retryAfter;
-        return this.#respond(req, group, out, errorResponse(refused, wait ? { 'retry-after': String(wait) } : { 'retry-after': '1' }), t0);
+        const wait = (refused.details as { retryAfter?: number } | undefined)?.retryAfter ?? 1;
+        return this.#respond(req, group, out, errorResponse(refused, { 'retry-after': String(wait) }), t0);
       }
       req.limiter = limiter;
     }
@@ -1071,26 +1071,18 @@ export class Kernel {
     };
   }
 
-  /** The hosted apps with what serves each environment now. */
+  /** The hosted apps with what serves each environment now (before the first load: none). */
   apps(): AppInfo[] {
-    // During the first load (a factory asking) no chains exist yet.
-    const live = new Map((this.#chains?.groups ?? []).filter((g) => g.app !== null).map((g) => [`${g.app!.name}/${g.app!.env}`, g]));
-    return (this.config.apps ?? []).map((a) => {
-      const environments: AppInfo['environments'] = {};
-      for (const [env, e] of [['production', { hosts: a.hosts, site: a.site, proxy: a.proxy }] as const, ...Object.entries(a.environments ?? {})]) {
-        const g = live.get(`${a.name}/${env}`);
-        const source = this.#appSources.get(`${a.name}/${env}`);
-        const site = source?.dir ?? e.site ?? (e.proxy ? undefined : a.site);
-        const proxy = e.proxy ?? (e.site ? undefined : a.proxy);
-        environments[env] = {
-          hosts: [...e.hosts],
-          site: site ? resolve(this.#configDir(), site) : null,
-          ...(proxy && !site ? { proxy } : {}),
-          version: g?.app?.version ?? null,
-        };
-      }
-      return { name: a.name, ...(a.proxy ? { proxy: a.proxy } : {}), environments };
-    });
+    const live = new Map<string, AppInfo>();
+    for (const g of this.#chains?.groups ?? []) {
+      const s = g.scope;
+      if (!s) continue;
+      let a = live.get(s.name);
+      if (!a) live.set(s.name, (a = { name: s.name, environments: {} }));
+      if (s.env === 'production' && s.proxy) a.proxy = s.proxy;
+      a.environments[s.env] = { hosts: [...g.hosts], site: s.site, ...(s.proxy ? { proxy: s.proxy } : {}), version: s.version };
+    }
+    return [...live.values()];
   }
 
   /**
