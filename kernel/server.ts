@@ -6,7 +6,7 @@
  * can be handed to `serve()`; its sockets run the onConnect chain and are
  * then fed to the same HTTP server.
  */
-import { unwatchFile, watchFile } from 'node:fs';
+import { pollFile } from '../plugin-api/file-watch.js';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import net from 'node:net';
 import tls from 'node:tls';
@@ -411,10 +411,9 @@ export class Kernel {
       if (timer) clearTimeout(timer);
       timer = setTimeout(() => void this.reload(), 150);
     };
-    const watchers = files.map((f) => watchFile(f, { interval: 500 }, fire));
-    void watchers;
+    const stops = files.map((f) => pollFile(f, { intervalMs: 500, persistent: true }, fire));
     const stop = () => {
-      for (const f of files) unwatchFile(f, fire);
+      for (const s of stops) s();
       if (timer) clearTimeout(timer);
     };
     this.#unwatch = stop;

@@ -71,7 +71,7 @@ describe('geo', () => {
     copyFileSync(COUNTRY_DB, db);
     let reloaded!: () => void;
     const seen = new Promise<void>((r) => (reloaded = r));
-    const p = await load({ database: db, watch: true, deny: ['US'] }, (_level, msg) => msg === 'geo database reloaded' && reloaded());
+    const p = await load({ database: db, watch: true, watchIntervalMs: 50, deny: ['US'] }, (_level, msg) => msg === 'geo database reloaded' && reloaded());
     // The country test database places this address in the US; the city test database does not know it.
     expect(await connect(p, '74.209.24.1')).toMatchObject({ action: 'reject' });
     // Replace the file the way updaters do: write beside it, then rename over it.

@@ -3,10 +3,10 @@
  * clients are judged in onConnect (before any HTTP parse); clients behind a
  * trusted proxy are judged per request from X-Forwarded-For.
  */
-import { unwatchFile, watchFile } from 'node:fs';
 import { resolve } from 'node:path';
 import maxmind, { type CountryResponse, type Reader } from 'maxmind';
 import { BextError, definePlugin, type ConnectDecision, type RequestDecision } from '../../plugin-api/index.js';
+import { fileIdentity, pollFile } from '../../plugin-api/file-watch.js';
 import { cidrSet, clientAddress } from '../../plugin-api/net.js';
 
 /** This plugin's section of bext.config.json (defaults applied by the kernel). */
@@ -19,6 +19,7 @@ export interface GeoConfig {
   status: number;
   tag: boolean;
   watch: boolean;
+  watchIntervalMs: number;
 }
 
 /** What later plugins find in `req.ctx.geo`; `country` is null when the database does not know the address. */
@@ -42,6 +43,8 @@ async function openDatabase(path: string): Promise<Reader<CountryResponse>> {
 export default definePlugin(async (host) => {
   const cfg = host.config<GeoConfig>();
   const path = resolve(host.kernel?.siteDir ?? process.cwd(), cfg.database);
+  // Taken before the open, so a replace that lands during the open is seen on the next poll.
+  const loaded = fileIdentity(path);
   let db = await openDatabase(path);
   const allow = new Set(cfg.allow);
   const deny = new Set(cfg.deny);
@@ -70,16 +73,16 @@ export default definePlugin(async (host) => {
   const refuse = (stage: string, country: string | null) =>
     host.metric('rejected_total', 1, { stage, country: country ?? 'unknown' }, 'counter');
 
-  const onChange = () => {
-    openDatabase(path).then(
-      (next) => {
-        db = next;
-        host.log('info', 'geo database reloaded', { path, build: next.metadata.buildEpoch.toISOString() });
-      },
-      (e: unknown) => host.log('error', 'geo database reload failed; keeping the previous one', { path, error: (e as Error).message }),
-    );
-  };
-  if (cfg.watch) watchFile(path, { persistent: false, interval: 5_000 }, onChange);
+  const stopWatch = cfg.watch
+    ? pollFile(path, { intervalMs: cfg.watchIntervalMs, baseline: loaded }, async () => {
+        try {
+          db = await openDatabase(path);
+          host.log('info', 'geo database reloaded', { path, build: db.metadata.buildEpoch.toISOString() });
+        } catch (e) {
+          host.log('error', 'geo database reload failed; keeping the previous one', { path, error: (e as Error).message });
+        }
+      })
+    : undefined;
 
   return {
     onConnect(info) {
@@ -103,7 +106,7 @@ export default definePlugin(async (host) => {
     },
 
     dispose() {
-      if (cfg.watch) unwatchFile(path, onChange);
+      stopWatch?.();
     },
   };
 });

@@ -11,7 +11,8 @@
  * switch, and restored at start before the per-app instances load.
  */
 import { spawn } from 'node:child_process';
-import { promises as fsp, statSync, unwatchFile, watchFile } from 'node:fs';
+import { promises as fsp, statSync } from 'node:fs';
+import { pollFile } from '../../plugin-api/file-watch.js';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { PassThrough, Readable } from 'node:stream';
@@ -187,8 +188,7 @@ export default definePlugin(async (host: HostApi) => {
       if (r.ok) host.log('info', 'platform: followed a switch made by another process', { switched: changed });
       else host.log('error', 'platform: a switch made by another process was refused here', { switched: changed, code: r.error.code, error: r.error.message });
     }).catch((e: unknown) => host.log('error', 'platform: following the state file failed', { error: String((e as Error)?.message ?? e) }));
-  const onStateFile = () => void follow();
-  if (cfg.syncIntervalMs > 0) watchFile(store.stateFile(), { interval: cfg.syncIntervalMs, persistent: false }, onStateFile);
+  const stopFollowing = cfg.syncIntervalMs > 0 ? pollFile(store.stateFile(), { intervalMs: cfg.syncIntervalMs }, () => follow()) : undefined;
 
   const publish = (ev: Omit<DeployEvent, 'at'>) => {
     host.publish('system/deploy', { ...ev, at: new Date().toISOString() }).catch((e: unknown) => host.log('warn', 'platform: publishing to system/deploy failed', { error: (e as Error)?.message }));
@@ -476,7 +476,7 @@ export default definePlugin(async (host: HostApi) => {
 
   return {
     dispose() {
-      unwatchFile(store.stateFile(), onStateFile);
+      stopFollowing?.();
     },
     async onRoute(req) {
       const fn = routes[req.route ?? req.path];
