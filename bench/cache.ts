@@ -21,7 +21,7 @@ import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import zlib from 'node:zlib';
-import { compare, fmt, hasWrk, load, startNext, startServer, type Load } from './lib.js';
+import { compare, cpuCol, cpuRatio, fmt, hasWrk, load, loadCpu, startNext, startServer, type Load } from './lib.js';
 import { PAGE } from './servers/page.js';
 
 const ROOT = resolve(import.meta.dirname, '..');
@@ -86,8 +86,9 @@ async function adminText(port: number, path: string): Promise<string> {
   return (await fetch(`http://127.0.0.1:${port}${path}`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
 }
 
-function row(label: string, l: Load, base: Load, target: string): string {
-  return `| ${label} | ${fmt(l.rps)} | ${l.p99ms.toFixed(2)} | ${l.errors} | ${(l.rps / base.rps).toFixed(3)} | ${target} |`;
+function row(label: string, l: Load, base: Load, target: string, cpu = true): string {
+  const cpuCols = cpu ? ` ${cpuCol(l)} | ${cpuRatio(base, l)} |` : '';
+  return `| ${label} | ${fmt(l.rps)} | ${l.p99ms.toFixed(2)} | ${l.errors} | ${(l.rps / base.rps).toFixed(3)} |${cpuCols} ${target} |`;
 }
 
 
@@ -109,14 +110,14 @@ async function main(): Promise<void> {
     await load(`http://127.0.0.1:${bext.port}/`, 1, 50, br);
     await load(`http://127.0.0.1:${fastify.port}/`, 1, 50, br);
     const res = await compare([
-      { name: 'fastify', run: () => load(`http://127.0.0.1:${fastify.port}/`, seconds) },
-      { name: 'bext', run: () => load(`http://127.0.0.1:${bext.port}/`, seconds) },
-      { name: 'fastify-br', run: () => load(`http://127.0.0.1:${fastify.port}/`, seconds, 50, br) },
-      { name: 'bext-br', run: () => load(`http://127.0.0.1:${bext.port}/`, seconds, 50, br) },
+      { name: 'fastify', run: () => loadCpu(fastify.proc.pid!, `http://127.0.0.1:${fastify.port}/`, seconds) },
+      { name: 'bext', run: () => loadCpu(bext.proc.pid!, `http://127.0.0.1:${bext.port}/`, seconds) },
+      { name: 'fastify-br', run: () => loadCpu(fastify.proc.pid!, `http://127.0.0.1:${fastify.port}/`, seconds, 50, br) },
+      { name: 'bext-br', run: () => loadCpu(bext.proc.pid!, `http://127.0.0.1:${bext.port}/`, seconds, 50, br) },
     ], rounds);
     console.log(`\ncache hit benchmark (${tool}, ${seconds}s × best of ${rounds} rounds, the 2 KB page; br variant ${PAGE_BR.length} bytes)`);
-    console.log('| server | req/s | p99 ms | errors | ratio to Fastify | target |');
-    console.log('| --- | --- | --- | --- | --- | --- |');
+    console.log('| server | req/s | p99 ms | errors | ratio to Fastify | server CPU µs/req | CPU ratio (Fastify ÷ this) | target |');
+    console.log('| --- | --- | --- | --- | --- | --- | --- | --- |');
     console.log(row('bare Fastify 5, identity', res.get('fastify')!, res.get('fastify')!, '—'));
     console.log(row('bext cache hit (static, health, metrics + cache + compression), identity', res.get('bext')!, res.get('fastify')!, '≥ 0.85'));
     console.log(row('bare Fastify 5, stored br bytes', res.get('fastify-br')!, res.get('fastify-br')!, '—'));
@@ -156,9 +157,9 @@ async function main(): Promise<void> {
     console.log(`\nNext.js ISR page (${size} bytes, \`export const revalidate = 60\`; ${tool}, ${seconds}s × best of ${rounds}); cache-status from bext: ${page.headers.get('cache-status')}`);
     console.log('| server | req/s | p99 ms | errors | ratio to next start | target |');
     console.log('| --- | --- | --- | --- | --- | --- |');
-    console.log(row('next start (Next 15, ISR hit)', n, n, '—'));
-    console.log(row('bext: cache in front of the proxy to that next start', res.get('bext')!, n, '≥ 15'));
-    console.log(row('bare Fastify 5, the 2 KB page (reference)', res.get('fastify')!, n, '—'));
+    console.log(row('next start (Next 15, ISR hit)', n, n, '—', false));
+    console.log(row('bext: cache in front of the proxy to that next start', res.get('bext')!, n, '≥ 15', false));
+    console.log(row('bare Fastify 5, the 2 KB page (reference)', res.get('fastify')!, n, '—', false));
   } finally {
     await front?.stop();
     await bare?.stop();

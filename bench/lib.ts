@@ -4,7 +4,7 @@
  * report ratios against a baseline measured in the same run.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import type { RequestData } from '../plugin-api/index.js';
 import { join, relative } from 'node:path';
 import { once } from 'node:events';
@@ -14,6 +14,40 @@ export interface Load {
   rps: number;
   p99ms: number;
   errors: number;
+  /** CPU time the server process used per request, in µs (set by `loadCpu`; the lowest round in `compare`). */
+  cpuUs?: number;
+}
+
+/** User + system CPU milliseconds a process (all its threads) has used (Linux /proc; NaN elsewhere). */
+export function cpuMs(pid: number): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return ((Number(f[11]) + Number(f[12])) * 1000) / 100;
+  } catch {
+    return NaN;
+  }
+}
+
+/**
+ * `load`, plus the CPU time the server process `pid` used per request. Unlike
+ * req/s, it hardly moves when other processes take the shared cores, so it is
+ * the steadier figure on a busy machine.
+ */
+export async function loadCpu(pid: number, url: string, seconds = 5, connections = 50, headers: Record<string, string> = {}): Promise<Load> {
+  const c0 = cpuMs(pid);
+  const l = await load(url, seconds, connections, headers);
+  const us = ((cpuMs(pid) - c0) * 1000) / Math.max(1, l.rps * seconds);
+  return Number.isFinite(us) ? { ...l, cpuUs: us } : l;
+}
+
+/** `base ÷ subject` of server CPU per request (above 1: the subject spends less), or a dash. */
+export function cpuRatio(base: Load | undefined, subject: Load | undefined): string {
+  return base?.cpuUs !== undefined && subject?.cpuUs !== undefined ? (base.cpuUs / subject.cpuUs).toFixed(3) : '—';
+}
+
+/** Server CPU µs per request, or a dash. */
+export function cpuCol(l: Load | undefined): string {
+  return l?.cpuUs !== undefined ? l.cpuUs.toFixed(1) : '—';
 }
 
 export const hasWrk = spawnSync('which', ['wrk']).status === 0;
@@ -68,14 +102,16 @@ export function fmt(n: number): string {
   return Math.round(n).toLocaleString('en-US');
 }
 
-/** Interleaves rounds so drift affects baseline and subject alike; returns the best round of each. */
+/** Interleaves rounds so drift affects baseline and subject alike; returns the best round of each (req/s highest, CPU per request lowest). */
 export async function compare(subjects: { name: string; run: () => Promise<Load> }[], rounds = 3): Promise<Map<string, Load>> {
   const best = new Map<string, Load>();
   for (let r = 0; r < rounds; r++) {
     for (const s of subjects) {
       const l = await s.run();
       const prev = best.get(s.name);
-      if (!prev || l.rps > prev.rps) best.set(s.name, l);
+      const cpuUs = prev?.cpuUs !== undefined && l.cpuUs !== undefined ? Math.min(prev.cpuUs, l.cpuUs) : (l.cpuUs ?? prev?.cpuUs);
+      const top = !prev || l.rps > prev.rps ? l : prev;
+      best.set(s.name, cpuUs === undefined ? top : { ...top, cpuUs });
     }
   }
   return best;

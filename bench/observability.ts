@@ -28,19 +28,9 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { compare, fmt, hasWrk, load, startServer } from './lib.js';
+import { compare, cpuMs, fmt, hasWrk, load, startServer } from './lib.js';
 
 const ROOT = resolve(import.meta.dirname, '..');
-
-/** User + system CPU milliseconds a process has used (Linux /proc; NaN elsewhere). */
-function cpuMs(pid: number): number {
-  try {
-    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    return ((Number(f[11]) + Number(f[12])) * 1000) / 100;
-  } catch {
-    return NaN;
-  }
-}
 
 /** A plugin folder whose request observer only counts. */
 function noopObserver(): string {
