@@ -15,7 +15,7 @@ import type { Redis } from 'ioredis';
 import client from 'prom-client';
 import {
   BextError, scheduleSchema, TASK_NAME_PATTERN,
-  type HostApi, type Manifest, type ScheduleSpec, type ScheduledTask, type TaskOutcome, type TaskRun, type TaskStatus,
+  type ClusterTaskView, type HostApi, type Manifest, type ScheduleSpec, type ScheduledTask, type TaskOutcome, type TaskRun, type TaskStatus,
 } from '../plugin-api/index.js';
 import { formatAjvErrors, makeAjv } from './config.js';
 import type { Logger } from './log.js';
@@ -37,6 +37,8 @@ const LEASE_MARGIN_MS = 5_000;
 const MAX_LATE_MS = 1_000;
 /** How long a tick waits for the first Redis connection (a reconnect is not waited for). */
 const FIRST_CONNECT_WAIT_MS = 1_000;
+/** How long the shared history of a task outlives its last write (a task removed for good leaves nothing behind for long). */
+const SHARED_TTL_MS = 7 * 24 * 3600_000;
 /** Deletes the lease only when this instance still holds it. */
 const RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0";
 const TASK_NAME = new RegExp(TASK_NAME_PATTERN);
@@ -514,7 +516,30 @@ export class Scheduler {
 
   #record(t: Task, run: TaskRun): TaskRun {
     this.#runsTotal.inc({ plugin: t.plugin.name, task: t.name, outcome: run.outcome });
+    run.instance = this.instanceId;
+    this.#share(t, run);
     return t.record(run);
+  }
+
+  #sharedKey(t: { plugin: string; name: string }, kind: 'runs' | 'counts' | 'failure'): string {
+    return `bext:sched:${t.plugin}:${t.name}:${kind}`;
+  }
+
+  /**
+   * Adds a cluster-scoped tick to the history every instance shares. A tick
+   * left to another instance is not shared (that one shares it), nor is one
+   * whose lock Redis could not give (it cannot take the write either).
+   */
+  #share(t: Task, run: TaskRun): void {
+    const redis = this.#redis;
+    if (!redis || t.spec.scope !== 'cluster' || run.outcome === 'ran-elsewhere' || run.outcome === 'lock-failed') return;
+    const key = { plugin: t.plugin.name, name: t.name };
+    const runs = this.#sharedKey(key, 'runs');
+    const counts = this.#sharedKey(key, 'counts');
+    const entry = JSON.stringify(run);
+    const m = redis.multi().lpush(runs, entry).ltrim(runs, 0, HISTORY - 1).hincrby(counts, run.outcome, 1).pexpire(runs, SHARED_TTL_MS).pexpire(counts, SHARED_TTL_MS);
+    if (FAILED.has(run.outcome)) m.set(this.#sharedKey(key, 'failure'), entry, 'PX', SHARED_TTL_MS);
+    this.#track(m.exec().catch((e: Error) => this.#log.warn('scheduler: could not share a run in redis', { plugin: key.plugin, task: key.name, error: e.message })));
   }
 
   #track(p: Promise<unknown>): void {
@@ -553,6 +578,38 @@ export class Scheduler {
   #find(plugin: string, task: string): Task | undefined {
     for (const p of this.#plugins) if (p.name === plugin) return this.#tasks.get(p)?.get(task);
     return undefined;
+  }
+
+  /** `status()`, with each cluster-scoped task's shared view read from Redis (when `redis.url` is set). */
+  async clusterStatus(): Promise<TaskStatus[]> {
+    const out = this.status();
+    if (!this.#redisUrl) return out;
+    if (!this.#redis && this.#connecting) await this.#connecting;
+    const redis = this.#redis;
+    await Promise.all(out.filter((s) => s.scope === 'cluster').map(async (s) => {
+      try {
+        if (!redis) throw new Error('not connected');
+        const [runs, counts, failure] = await Promise.all([
+          redis.lrange(this.#sharedKey(s, 'runs'), 0, HISTORY - 1),
+          redis.hgetall(this.#sharedKey(s, 'counts')),
+          redis.get(this.#sharedKey(s, 'failure')),
+        ]);
+        const view: ClusterTaskView = {
+          counts: Object.fromEntries(OUTCOMES.map((o) => [o, Number(counts[o] ?? 0)])) as Record<TaskOutcome, number>,
+          failures: 0,
+          lastRun: null,
+          lastFailure: failure ? (JSON.parse(failure) as TaskRun) : null,
+          history: runs.map((r) => JSON.parse(r) as TaskRun),
+        };
+        view.failures = [...FAILED].reduce((n, o) => n + view.counts[o], 0);
+        view.lastRun = view.history[0] ?? null;
+        s.cluster = view;
+      } catch (e) {
+        s.cluster = null;
+        s.clusterError = `redis: ${(e as Error).message}`;
+      }
+    }));
+    return out;
   }
 
   /** Every task of the current set with its schedule and recent runs. */

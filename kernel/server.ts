@@ -1066,6 +1066,7 @@ export class Kernel {
       apps: () => this.apps(),
       setAppSource: (name, env, source) => this.setAppSource(name, env, source),
       scheduler: () => this.#scheduler.status(),
+      schedulerCluster: () => this.#scheduler.clusterStatus(),
       runTask: (p, task) => this.#scheduler.runNow(p, task),
     };
   }

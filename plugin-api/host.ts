@@ -184,6 +184,12 @@ export interface KernelServices {
   /** Every scheduled task with its next run and recent runs on this instance. */
   scheduler(): import('./schedule.js').TaskStatus[];
   /**
+   * The same, with each cluster-scoped task's `cluster` view read from Redis
+   * (runs recorded by every instance sharing `redis.url`). Without Redis it
+   * is `scheduler()`.
+   */
+  schedulerCluster(): Promise<import('./schedule.js').TaskStatus[]>;
+  /**
    * Runs a task now, on this instance, whatever its scope (overlap still
    * applies). Resolves to the run; rejects with BEXT_ERR_SCHEDULE_NOT_FOUND.
    */

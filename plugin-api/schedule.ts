@@ -27,6 +27,23 @@ export interface TaskRun {
   error?: string;
   /** `manual` for a run asked for through `runTask` (or `POST /__bext/scheduler/run`). */
   trigger?: 'manual';
+  /** The instance that recorded it (`host:pid:random`), so a cluster-wide history says who ran what. */
+  instance?: string;
+}
+
+/**
+ * A cluster-scoped task as the whole cluster saw it, read from Redis (set
+ * when `redis.url` is): the runs every instance recorded, newest first. Ticks
+ * an instance left to another (`ran-elsewhere`) are not shared, so each tick
+ * appears once.
+ */
+export interface ClusterTaskView {
+  counts: Record<TaskOutcome, number>;
+  failures: number;
+  lastRun: TaskRun | null;
+  lastFailure: TaskRun | null;
+  /** At most 20, newest first; each carries `instance`. */
+  history: TaskRun[];
 }
 
 /**
@@ -67,4 +84,11 @@ export interface TaskStatus {
   lastFailure: TaskRun | null;
   /** The most recent ticks, newest first (at most 20). */
   history: TaskRun[];
+  /**
+   * Cluster-scoped tasks, with `redis.url` set and asked for through
+   * `schedulerCluster()`: the view shared by every instance; null when Redis
+   * could not be read (`clusterError` says why).
+   */
+  cluster?: ClusterTaskView | null;
+  clusterError?: string;
 }

@@ -18,15 +18,24 @@ const when = (ms: number | null | undefined) => (ms ? new Date(ms).toISOString()
 function runCell(r: TaskRun | null): string {
   if (!r) return '—';
   const took = r.outcome === 'ok' || r.outcome === 'error' || r.outcome === 'timeout' ? ` in ${r.durationMs.toFixed(1)} ms` : '';
-  return `${escape(r.outcome)}${took} <small>${escape(when(r.scheduledAt))}${r.trigger ? ' (manual)' : ''}</small>${r.error ? `<br><small>${escape(r.error)}</small>` : ''}`;
+  const by = r.instance ? ` on ${escape(r.instance)}` : '';
+  return `${escape(r.outcome)}${took} <small>${escape(when(r.scheduledAt))}${r.trigger ? ' (manual)' : ''}${by}</small>${r.error ? `<br><small>${escape(r.error)}</small>` : ''}`;
 }
 
-/** The status as an HTML page: one row per task. */
+/**
+ * The status as an HTML page: one row per task. A cluster-scoped task with a
+ * shared view shows the whole cluster's runs (marked "cluster"); the others
+ * show what this instance saw.
+ */
 export function renderHtml(tasks: TaskStatus[]): string {
   const rows = tasks
-    .map((t) => `<tr><td>${escape(t.plugin)}</td><td>${escape(t.name)}</td><td><code>${escape(t.cron)}</code>${t.timezone ? ` ${escape(t.timezone)}` : ''}</td>`
-      + `<td>${t.scope}</td><td>${t.overlap}</td><td>${escape(when(t.nextRun))}</td><td>${runCell(t.lastRun)}</td>`
-      + `<td>${t.counts.ok}</td><td>${t.failures}</td><td>${runCell(t.lastFailure)}</td></tr>`)
+    .map((t) => {
+      const v = t.cluster ?? t;
+      const seen = t.cluster ? ' <small>(cluster)</small>' : t.clusterError ? ` <small>(this instance; ${escape(t.clusterError)})</small>` : '';
+      return `<tr><td>${escape(t.plugin)}</td><td>${escape(t.name)}</td><td><code>${escape(t.cron)}</code>${t.timezone ? ` ${escape(t.timezone)}` : ''}</td>`
+        + `<td>${t.scope}${seen}</td><td>${t.overlap}</td><td>${escape(when(t.nextRun))}</td><td>${runCell(v.lastRun)}</td>`
+        + `<td>${v.counts.ok}</td><td>${v.failures}</td><td>${runCell(v.lastFailure)}</td></tr>`;
+    })
     .join('\n');
   return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>bext scheduler</title>
 <style>body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}small{color:#555}</style></head>
@@ -56,7 +65,11 @@ export default definePlugin((host) => {
           throw e;
         }
       }
-      const tasks = kernel.scheduler().map((t) => ({ ...t, history: t.history.slice(0, history) }));
+      const tasks = (await kernel.schedulerCluster()).map((t) => ({
+        ...t,
+        history: t.history.slice(0, history),
+        ...(t.cluster ? { cluster: { ...t.cluster, history: t.cluster.history.slice(0, history) } } : {}),
+      }));
       if (/\btext\/html\b/.test(String(req.headers.accept ?? ''))) return { status: 200, headers: HTML_HEADERS, body: renderHtml(tasks) };
       return { status: 200, headers: JSON_HEADERS, body: JSON.stringify({ now: Date.now(), tasks }) };
     },

@@ -236,6 +236,58 @@ describe('scheduler in a cluster', () => {
     expect(both().every((x) => x === 'ok+ran-elsewhere')).toBe(true);
   });
 
+  it('shows one cluster-wide history from either kernel, each run naming the instance that ran it', async () => {
+    const name = uniq('shared');
+    const dir = taskPlugin(name, { schedules: { beat: { cron: '* * * * * *' }, local: { cron: '* * * * * *', scope: 'instance' } } });
+    const one = await start(['scheduler', dir], { redis: { url: REDIS }, plugins: { [name]: { who: 'one' } } });
+    const two = await start(['scheduler', dir], { redis: { url: REDIS }, plugins: { [name]: { who: 'two' } } });
+    const ids = new Set([one.kernel.scheduler.instanceId, two.kernel.scheduler.instanceId]);
+    // The admin route of each kernel, as a worker behind a shared admin listener would answer.
+    const viewOf = async (b: Bext) => {
+      const r = await fetch(`${b.adminUrl}/__bext/scheduler`);
+      expect(r.status).toBe(200);
+      return ((await r.json()) as { tasks: TaskStatus[] }).tasks.filter((t) => t.plugin === name);
+    };
+    let a: TaskStatus[] = [];
+    let b: TaskStatus[] = [];
+    await until(async () => {
+      [a, b] = await Promise.all([viewOf(one), viewOf(two)]);
+      const ha = a.find((t) => t.name === 'beat')?.cluster?.history ?? [];
+      return ha.length >= 4 && JSON.stringify(ha) === JSON.stringify(b.find((t) => t.name === 'beat')?.cluster?.history);
+    }, 15_000, 'both kernels to show the same four or more cluster runs');
+    const beatA = a.find((t) => t.name === 'beat')!;
+    const beatB = b.find((t) => t.name === 'beat')!;
+    const shared = beatA.cluster!;
+    expect(beatB.cluster!.counts).toEqual(shared.counts);
+    // Each tick once, run by one of the two kernels, and it is that kernel's own record of the run.
+    const ticks = shared.history.map((r) => r.scheduledAt);
+    expect(new Set(ticks).size).toBe(ticks.length);
+    for (const r of shared.history) {
+      // A run that took longer than a second on a loaded machine makes the next tick a skip.
+      expect(['ok', 'skipped-overlap']).toContain(r.outcome);
+      expect(ids.has(r.instance!)).toBe(true);
+      const own = (r.instance === one.kernel.scheduler.instanceId ? beatA : beatB).history.find((x) => x.scheduledAt === r.scheduledAt);
+      if (own) expect(own).toMatchObject({ outcome: r.outcome, instance: r.instance });
+    }
+    expect(shared.history.some((r) => r.outcome === 'ran-elsewhere')).toBe(false);
+    // The shared count covers what both kernels ran, which neither one's own counts do alone.
+    expect(shared.counts.ok).toBeGreaterThanOrEqual(Math.max(beatA.counts.ok, beatB.counts.ok));
+    expect(shared.counts['ran-elsewhere']).toBe(0);
+    // Instance-scoped tasks have no shared view.
+    expect(a.find((t) => t.name === 'local')!.cluster).toBeUndefined();
+    // The HTML table marks the shared view.
+    const html = await (await fetch(`${two.adminUrl}/__bext/scheduler`, { headers: { accept: 'text/html' } })).text();
+    expect(html).toMatch(new RegExp(`<td>${name}</td><td>beat</td>.*?\\(cluster\\)`));
+  });
+
+  it('falls back to what the instance saw, saying why, when Redis cannot be read', async () => {
+    const name = uniq('noshare');
+    const b = await start(['scheduler', taskPlugin(name, { schedules: { beat: { cron: '* * * * * *' } } })], { redis: { url: 'redis://127.0.0.1:1' } });
+    const [t] = (await b.kernel.scheduler.clusterStatus()).filter((x) => x.plugin === name);
+    expect(t!.cluster).toBeNull();
+    expect(t!.clusterError).toMatch(/^redis: /);
+  });
+
   it('skips ticks while any kernel of the cluster still runs the task (overlap skip), then runs again', async () => {
     const name = uniq('lease');
     const dir = taskPlugin(name, { schedules: { slow: { cron: '* * * * * *', timeoutMs: 10_000 } } });
