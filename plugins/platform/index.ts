@@ -29,6 +29,7 @@ import {
 export interface PlatformConfig {
   dataDir: string;
   keepVersions: number;
+  pruneGraceMs: number;
   maxBundleBytes: number;
   maxSiteBytes: number;
   build: { mode: 'auto' | 'never'; timeoutMs: number };
@@ -246,15 +247,23 @@ export default definePlugin(async (host: HostApi) => {
     });
   }
 
-  /** Deletes the oldest versions past keepVersions, never one that is live or the previous live of an environment. */
+  /**
+   * Deletes the oldest versions past keepVersions, never one that is live,
+   * the previous live of an environment (the rollback target), or one that
+   * stopped being live less than pruneGraceMs ago (requests may still read it).
+   */
   function prune(app: string, keep: string): Promise<string[]> {
     return serial(async () => {
       const state = await store.readState();
       const protect = new Set<string>([keep]);
+      const now = Date.now();
       for (const [env, e] of Object.entries(state.apps[app]?.environments ?? {})) {
         if (e.live) protect.add(e.live);
         const prev = previousVersion(state, app, env);
         if (prev) protect.add(prev);
+        // history[i] was live until history[i + 1] replaced it.
+        const h = e.history;
+        for (let i = 0; i + 1 < h.length; i++) if (now - Date.parse(h[i + 1]!.at) < cfg.pruneGraceMs) protect.add(h[i]!.version);
       }
       const all = await store.versions(app);
       const removed: string[] = [];

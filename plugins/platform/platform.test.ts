@@ -417,4 +417,26 @@ describe('platform plugin: pruning, concurrent switches, a body read before', ()
     expect((await listing(b)).live.staging).toBe(last);
     expect(await get(b, 'staging.blog.localhost')).toMatchObject({ status: 200, version: last });
   });
+
+  it('does not prune a version that stopped being live moments ago, even past keepVersions and the rollback target', async () => {
+    // After the switches above, staging serves ids[0] and ids[5] is its rollback target; ids[4] was live
+    // in staging moments ago. ids[3] was never live anywhere.
+    const staging = (await listing(b)).environments.staging!.history.map((h) => h.version);
+    expect(staging.slice(-2)).toEqual([ids[5], ids[0]]);
+    expect(staging).toContain(ids[4]);
+    const fresh: string[] = [];
+    for (const i of [7, 8, 9]) {
+      const r = await deploy(b, 'app=blog', { path: site(`p${i}`, { 'public/index.html': page(`p${i}`) }) });
+      expect(r.last).toMatchObject({ stage: 'done', reused: false });
+      fresh.push(String(r.last.version));
+    }
+    const kept = (await listing(b)).versions.map((v) => v.id);
+    // Within the grace: kept (the previous rule, live + rollback target + newest two, would have deleted ids[4]).
+    expect(kept).toContain(ids[4]);
+    expect(existsSync(join(data, 'blog', 'versions', ids[4]!, 'public', 'index.html'))).toBe(true);
+    for (const v of [ids[0], ids[1], ids[5], fresh[1], fresh[2]]) expect(kept).toContain(v);
+    // Never live, and past keepVersions: deleted.
+    expect(kept).not.toContain(ids[3]);
+    expect(kept).not.toContain(fresh[0]);
+  });
 });
