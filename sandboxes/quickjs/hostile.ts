@@ -69,6 +69,8 @@ const attacks = {
     for (;;) {}
   },
   async spinAfterAwait() { await bext_config(); for (;;) {} },
+  // Catastrophic backtracking: 2^40 steps inside one native regexp call.
+  regexBomb() { return { action: 'continue', ctx: { m: /^(a+)+$/.test('a'.repeat(40) + 'b') } }; },
   async bombAfterHostCall() { await bext_kv_get('k'); const a = []; for (;;) a.push(new Array(1 << 16).fill(a.length)); },
 };
 export function onRequest(req) {
@@ -127,6 +129,8 @@ export function hostileSuite(host: SandboxHost, kind: 'quickjs' | 'isolate'): vo
       // Blocking the thread on a futex, or (where Atomics.wait refuses to block) spinning.
       ['atomicsWait', 'BEXT_ERR_PLUGIN_TIMEOUT'],
       ['spinAfterAwait', 'BEXT_ERR_PLUGIN_TIMEOUT'],
+      // The regexp engine checks the deadline while it backtracks.
+      ['regexBomb', 'BEXT_ERR_PLUGIN_TIMEOUT'],
       ['bombAfterHostCall', kind === 'quickjs' ? 'BEXT_ERR_SANDBOX_LIMIT' : EITHER],
     ];
     for (const [name, code] of contained) {

@@ -130,7 +130,7 @@ const utf8 = new TextEncoder();
 
 const HOOK_INDEX = Object.fromEntries(HOOK_NAMES.map((h, i) => [h, i])) as Record<HookName, number>;
 
-/** The parts of quickjs-emscripten 0.31 the hot path calls directly, skipping per-call handle objects. */
+/** The parts of quickjs-emscripten 0.32 the hot path calls directly, skipping per-call handle objects. */
 interface RawFfi {
   QTS_NewString(ctx: number, str: number): number;
   QTS_Call(ctx: number, fn: number, thisVal: number, argc: number, argv: number): number;
@@ -143,7 +143,7 @@ interface RawModule {
   _malloc(n: number): number;
   _free(p: number): void;
   UTF8ToString(p: number): string;
-  HEAP32: Int32Array;
+  /** Replaced by emscripten when linear memory grows (0.32 exports no HEAP32). */
   HEAPU8: Uint8Array;
 }
 interface RawContext {
@@ -175,6 +175,8 @@ class QuickVm implements EngineVm {
   #disposed = false;
   readonly #raw: RawContext;
   readonly #argv: number;
+  /** An Int32 view of linear memory, made again when growth replaces the buffer. */
+  #heap32: Int32Array | null = null;
   readonly #undefinedPtr: number;
   /** Function pointer per hook, by index in HOOK_NAMES. */
   readonly #fnPtrs: number[] = [];
@@ -386,7 +388,9 @@ class QuickVm implements EngineVm {
   #callRaw(fnPtr: number, arg: number): string {
     const { ffi, module: m, ctx } = this.#raw;
     const c = ctx.value;
-    m.HEAP32[this.#argv >> 2] = arg;
+    let heap32 = this.#heap32;
+    if (heap32 === null || heap32.buffer !== m.HEAPU8.buffer) heap32 = this.#heap32 = new Int32Array(m.HEAPU8.buffer);
+    heap32[this.#argv >> 2] = arg;
     const res = ffi.QTS_Call(c, fnPtr, this.#undefinedPtr, 1, this.#argv);
     ffi.QTS_FreeValuePointer(c, arg);
     const err = ffi.QTS_ResolveException(c, res);

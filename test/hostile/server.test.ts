@@ -16,7 +16,7 @@ const KINDS = ['quickjs', 'isolate', 'process', 'wasm'] as const;
 type Kind = (typeof KINDS)[number];
 const ENTRY: Record<Kind, string> = { quickjs: 'plugin.js', isolate: 'plugin.js', process: 'plugin.mjs', wasm: 'plugin.wasm' };
 
-const JS_CASES = ['spin', 'hostloop', 'bomb', 'recurse', 'huge', 'proto', 'reach', 'publish', 'fetch-private', 'fetch-other', 'throw-number', 'throw-null', 'reject-undefined', 'never'];
+const JS_CASES = ['spin', 'regex', 'hostloop', 'bomb', 'recurse', 'huge', 'proto', 'reach', 'publish', 'fetch-private', 'fetch-other', 'throw-number', 'throw-null', 'reject-undefined', 'never'];
 const WASM_CASES = ['spin', 'hostloop', 'bomb', 'recurse', 'huge', 'publish', 'fetch-private', 'fetch-other', 'throw-number', 'abort', 'never'];
 const DENIAL_CASES = new Set(['publish', 'fetch-private', 'fetch-other']);
 const INSPECT_CASES = new Set(['proto', 'reach']);
