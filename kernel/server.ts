@@ -891,7 +891,14 @@ export class Kernel {
     stream.once('end', () => {
       Promise.resolve(trailers).then(
         (t) => {
-          if (canTrail && t && !out.destroyed) out.addTrailers(t as Record<string, string>);
+          if (canTrail && t && !out.destroyed) {
+            // No DATA went out: Node's HTTP/2 response would end the stream with its
+            // HEADERS and drop later trailers, so they join that one header block
+            // (gRPC's "trailers-only" form, which clients read as the status).
+            if (!out.headersSent && req.httpVersion >= '2') {
+              for (const k in t) if (!HOP_BY_HOP.has(k)) out.setHeader(k, (t as Record<string, string>)[k]!);
+            } else out.addTrailers(t as Record<string, string>);
+          }
           out.end();
         },
         () => out.end(),

@@ -228,7 +228,7 @@ describe('gRPC over h2c', () => {
 });
 
 describe('gRPC through the kernel', () => {
-  it('unary and server-streaming calls keep their trailers over the kernel\'s HTTP/2 handler', async () => {
+  it('unary and server-streaming calls keep their trailers, and a trailers-only error its status, over the kernel\'s HTTP/2 handler', async () => {
     const { startBext } = await import('../../sdk/harness.js');
     const { plugin } = await import('../../test/helpers.js');
     const up = await grpcServer('one');
@@ -260,5 +260,9 @@ export default (host) => {
     expect(got).toEqual(['one 1', 'one 2', 'one 3']);
     expect(status.code).toBe(grpc.status.OK);
     expect(status.metadata.get('x-served-by')).toEqual(['one']);
+    // A gRPC error the upstream sends trailers-only keeps its code and message through the kernel.
+    const err = await new Promise<grpc.ServiceError>((r) => c.Say({ text: 'fail', n: 0 }, (e: grpc.ServiceError) => r(e)));
+    expect(err.code).toBe(grpc.status.NOT_FOUND);
+    expect(err.details).toBe('no such thing');
   });
 });
