@@ -28,7 +28,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { compare, cpuMs, fmt, hasWrk, load, startServer } from './lib.js';
+import { compare, cpuCol, cpuRatio, fmt, hasWrk, load, loadCpu, startServer } from './lib.js';
 
 const ROOT = resolve(import.meta.dirname, '..');
 
@@ -100,25 +100,12 @@ async function run(): Promise<void> {
   const servers = Object.fromEntries(await Promise.all(variants.map(async (v) => [v, await startServer(self, ['serve', v, otlp])] as const)));
   try {
     for (const s of Object.values(servers)) await load(`http://127.0.0.1:${s.port}/`, 1);
-    // CPU time the server process used per request (Linux): unlike req/s, it hardly moves when
-    // other processes take the shared cores. Best (lowest) round of each.
-    const cpuUs = new Map<string, number>();
+    // Server CPU per request beside req/s: the steadier figure on a shared machine (lowest round of each).
     const res = await compare(
-      variants.map((name) => ({
-        name,
-        run: async () => {
-          const pid = servers[name]!.proc.pid!;
-          const c0 = cpuMs(pid);
-          const l = await load(`http://127.0.0.1:${servers[name]!.port}/`, seconds);
-          const us = ((cpuMs(pid) - c0) * 1000) / Math.max(1, l.rps * seconds);
-          if (Number.isFinite(us)) cpuUs.set(name, Math.min(cpuUs.get(name) ?? Infinity, us));
-          return l;
-        },
-      })),
+      variants.map((name) => ({ name, run: () => loadCpu(servers[name]!.proc.pid!, `http://127.0.0.1:${servers[name]!.port}/`, seconds) })),
       rounds,
     );
     const base = res.get('off')!;
-    const baseCpu = cpuUs.get('off');
     console.log(`observability benchmark (${hasWrk ? 'wrk -t1 -c50' : 'autocannon -c50'}, ${seconds}s × best of ${rounds} interleaved rounds, 2 KB page from static through the default stack)`);
     console.log('| stack | req/s | p99 ms | ratio to off | server CPU µs/req | CPU ratio (off ÷ stack) | target |');
     console.log('| --- | --- | --- | --- | --- | --- | --- |');
@@ -132,9 +119,7 @@ async function run(): Promise<void> {
     };
     const target: Record<string, string> = { off: '—', observer: 'part', on: '≥ 0.95', default: 'report', tracing: 'report', tracing10: 'report' };
     for (const [name, l] of res) {
-      const cpu = cpuUs.get(name);
-      const cpuCols = cpu !== undefined && baseCpu !== undefined ? `${cpu.toFixed(1)} | ${(baseCpu / cpu).toFixed(3)}` : '— | —';
-      console.log(`| ${label[name]} | ${fmt(l.rps)} | ${l.p99ms.toFixed(2)} | ${(l.rps / base.rps).toFixed(3)} | ${cpuCols} | ${target[name]} |`);
+      console.log(`| ${label[name]} | ${fmt(l.rps)} | ${l.p99ms.toFixed(2)} | ${(l.rps / base.rps).toFixed(3)} | ${cpuCol(l)} | ${cpuRatio(base, l)} | ${target[name]} |`);
     }
     for (const [name, l] of res) if (l.errors) console.log(`note: ${name} had ${l.errors} errors`);
     console.log(`OTLP exports received: ${spans}`);

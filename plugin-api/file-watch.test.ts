@@ -5,6 +5,11 @@ import { describe, expect, it } from 'vitest';
 import { fileIdentity, pollFile } from './file-watch.js';
 
 const fresh = () => mkdtempSync(join(tmpdir(), 'bext-watch-'));
+/** Replaces a file the way updaters do: write beside it, then rename over it. */
+const replace = (dir: string, f: string, content: string) => {
+  writeFileSync(join(dir, 'next'), content);
+  renameSync(join(dir, 'next'), f);
+};
 const nextCall = () => {
   let hit!: () => void;
   const seen = new Promise<void>((r) => (hit = r));
@@ -18,8 +23,7 @@ describe('pollFile', () => {
     writeFileSync(f, 'one');
     const { seen, hit } = nextCall();
     const stop = pollFile(f, { intervalMs: 20 }, hit);
-    writeFileSync(join(dir, 'b'), 'two');
-    renameSync(join(dir, 'b'), f);
+    replace(dir, f, 'two');
     await seen;
     stop();
   });
@@ -29,8 +33,7 @@ describe('pollFile', () => {
     const f = join(dir, 'a');
     writeFileSync(f, 'one');
     const baseline = fileIdentity(f);
-    writeFileSync(join(dir, 'b'), 'longer content');
-    renameSync(join(dir, 'b'), f);
+    replace(dir, f, 'longer content');
     const { seen, hit } = nextCall();
     const stop = pollFile(f, { intervalMs: 20, baseline }, hit);
     await seen;

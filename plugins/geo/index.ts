@@ -44,7 +44,7 @@ export default definePlugin(async (host) => {
   const cfg = host.config<GeoConfig>();
   const path = resolve(host.kernel?.siteDir ?? process.cwd(), cfg.database);
   // Taken before the open, so a replace that lands during the open is seen on the next poll.
-  const loaded = fileIdentity(path);
+  const loaded = cfg.watch ? fileIdentity(path) : '';
   let db = await openDatabase(path);
   const allow = new Set(cfg.allow);
   const deny = new Set(cfg.deny);
